@@ -1,0 +1,36 @@
+# kvm-harness: the make targets mirror `kvm-harness` subcommands.
+# ARGS passes options through, e.g. make boot-test ARGS="--modes shadow --only dirty-ring"
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KH := $(VENV)/bin/kvm-harness
+ARGS ?=
+
+.PHONY: setup boot-test shell test unit-test integration-test bench clean-results
+
+setup:
+	./scripts/setup.sh
+
+boot-test: $(KH)
+	$(KH) boot-test $(ARGS)
+
+shell: $(KH)
+	$(KH) shell $(ARGS)
+
+# The full suite: fast unit tests and the real boot test (real kernel, real QEMU).
+test: $(KH)
+	$(PY) -m pytest -v $(ARGS)
+
+unit-test: $(KH)
+	$(PY) -m pytest -v -m "not integration" $(ARGS)
+
+integration-test: $(KH)
+	$(PY) -m pytest -v -m integration $(ARGS)
+
+bench: $(KH)
+	$(PY) -m harness.bench $(ARGS)
+
+$(KH):
+	./scripts/setup.sh
+
+clean-results:
+	rm -rf results

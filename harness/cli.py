@@ -1,0 +1,113 @@
+"""kvm-harness command line: subcommands mirror the make targets.
+
+Exit codes (one table, harness/errors.py): 0 all passed, 1 a test failed,
+2 usage, 3 patch apply, 4 all skipped, 5 config, 6 build, 7 boot,
+8 infrastructure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from . import pipeline, proc
+from .errors import EXIT_USAGE, HarnessError, Interrupted
+from .kconfig import BASES, ConfigRequest
+from .series import load_default_list
+from .workloads import DEFAULT_MODES, MODES, WorkloadPlan
+
+log = logging.getLogger("kvm-harness")
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    proc.kill_all_children()
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("kernel")
+    g.add_argument("--tree", type=Path, help="build from this kernel git tree (its HEAD; never modified)")
+    g.add_argument("--tarball", type=Path, default=pipeline.source.DEFAULT_TARBALL,
+                   help="kernel source tarball (default: Debian's linux-source-6.12)")
+    g.add_argument("--series", type=Path, action="append", default=None, metavar="DIR",
+                   help="patch series directory (repeatable, applied in order); "
+                        "default: the list in kernel-patches/default")
+    g.add_argument("--no-series", action="store_true", help="build the plain kernel (no series)")
+    g.add_argument("--config", type=Path, action="append", default=[], metavar="FRAGMENT",
+                   help="extra Kconfig fragment (repeatable)")
+    g.add_argument("--config-base", choices=sorted(BASES), default="trim",
+                   help="trim: tinyconfig + the harness's trimmed base (fast); defconfig: the full default")
+    g = p.add_argument_group("guest")
+    g.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help=f"comma-separated MMU modes (of {', '.join(MODES)})")
+    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    g.add_argument("--smp", type=int, default=2)
+    g.add_argument("--memory", default="2G")
+    g.add_argument("--append", action="append", default=[], help="extra guest kernel command-line word")
+    g.add_argument("--boot-deadline", type=float, default=60.0, help="seconds from QEMU start to SSH ready")
+    g = p.add_argument_group("workloads")
+    g.add_argument("--only", action="append", default=[], help="run only tests whose path contains this")
+    g.add_argument("--iterations", type=int, default=5, help="dirty_log_test -i")
+    g.add_argument("--perf-bytes", default="256M", help="dirty_log_perf_test -b")
+    g.add_argument("--timeout", type=float, default=240.0, help="per-test timeout in seconds")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every command line")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default ./results)")
+
+
+def request_from(args: argparse.Namespace) -> pipeline.RunRequest:
+    if args.no_series:
+        dirs: list[Path] = []
+    elif args.series is not None:
+        dirs = [d.resolve() for d in args.series]
+    else:
+        dirs = load_default_list(pipeline.DEFAULT_SERIES_LIST) if pipeline.DEFAULT_SERIES_LIST.exists() else []
+    return pipeline.RunRequest(
+        tarball=args.tarball, tree=args.tree, series_dirs=dirs,
+        config=ConfigRequest(args.config_base, list(args.config)),
+        modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
+        results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,
+        extra_append=list(args.append),
+        plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
+                          only=tuple(args.only)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="kvm-harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bt = sub.add_parser("boot-test", help="build, boot, run the dirty-log selftests in every MMU mode, report")
+    add_run_options(bt)
+    sh = sub.add_parser("shell", help="boot the same kernel and image and open an SSH shell (or run a command)")
+    add_run_options(sh)
+    sh.add_argument("--mode", default="tdp_mmu", choices=sorted(MODES))
+    sh.add_argument("--keep", action="store_true", help="leave the VM running and print how to reach it")
+    sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run instead of an interactive shell")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code not in (0, None) else 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        if args.command == "boot-test":
+            return pipeline.run_boot_test(request_from(args), argv)
+        if args.command == "shell":
+            from . import shell
+            return shell.run(request_from(args), args.mode, args.keep, args.cmd)
+    except HarnessError as e:
+        print(f"kvm-harness: {e.kind} error: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        proc.kill_all_children()
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

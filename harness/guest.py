@@ -1,0 +1,153 @@
+"""SSH to the guest with paramiko: wait for ready, run with timeouts, fetch files.
+
+One persistent transport per boot (a new connection costs ~0.2 s under TCG).
+The guest's host key is pinned from the image's known_hosts: an unknown key
+is refused, never auto-accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from .errors import BootError, GuestError
+from .vm import PANIC_RE, VM
+
+log = logging.getLogger("kvm-harness")
+HOST_ALIAS = "kvm-harness-guest"
+
+
+@dataclass
+class RunResult:
+    cmd: str
+    rc: int | None          # None: timed out
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def timed_out(self) -> bool:
+        return self.rc is None
+
+
+class CommandTimeout(GuestError):
+    pass
+
+
+class Guest:
+    def __init__(self, client: paramiko.SSHClient, port: int) -> None:
+        self.client = client
+        self.port = port
+
+    @classmethod
+    def wait_ready(cls, vm: VM, port: int, key_file: Path, known_hosts: Path, deadline_s: float) -> "Guest":
+        """Connect as soon as sshd answers; fail fast on panic or QEMU exit, with the console's tail."""
+        pkey = paramiko.ECDSAKey.from_private_key_file(str(key_file))
+        deadline = time.monotonic() + deadline_s
+        last_err = ""
+        while True:
+            if vm.panicked() or PANIC_RE.search(vm.console()):
+                m = PANIC_RE.search(vm.console())
+                raise BootError(f"guest kernel panicked during boot: {m.group(0) if m else 'GUEST_PANICKED'}",
+                                detail=console_tail(vm))
+            if not vm.alive():
+                raise BootError(f"QEMU exited during boot (code {vm.proc.returncode if vm.proc else '?'}); "
+                                f"qemu: {vm.qemu_tail()}", detail=console_tail(vm))
+            if time.monotonic() > deadline:
+                raise BootError(f"guest sshd did not answer within {deadline_s:.0f} s (last: {last_err})",
+                                detail=console_tail(vm))
+            client = paramiko.SSHClient()
+            client.load_host_keys(str(known_hosts))
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                # known_hosts names the guest by alias; map the forwarded port to it.
+                sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+                client.connect(HOST_ALIAS, port=22, username="root", pkey=pkey, sock=sock,
+                               timeout=2, banner_timeout=3, auth_timeout=5,
+                               allow_agent=False, look_for_keys=False)
+                client.get_transport().set_keepalive(5)  # type: ignore[union-attr]
+                return cls(client, port)
+            except paramiko.BadHostKeyException as e:
+                client.close()
+                raise BootError(f"guest host key does not match the image's pinned key: {e}") from e
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                last_err = f"{type(e).__name__}: {e}"
+                client.close()
+                time.sleep(0.15)
+
+    def run(self, cmd: str, timeout: float) -> RunResult:
+        """Run `cmd` in the guest; rc None when it ran past `timeout` (the channel is then closed)."""
+        t0 = time.monotonic()
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise GuestError(f"SSH connection to the guest is gone (running {cmd!r})")
+        try:
+            chan = transport.open_session(timeout=10)
+            chan.exec_command(cmd)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise GuestError(f"cannot run {cmd!r} in the guest: {e}") from e
+        out, err = bytearray(), bytearray()
+        deadline = t0 + timeout
+        rc: int | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                chan.close()
+                break
+            r, _, _ = select.select([chan], [], [], min(left, 1.0))
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                rc = chan.recv_exit_status()
+                break
+            if not transport.is_active():
+                raise GuestError(f"SSH connection lost while running {cmd!r}")
+        if rc is not None:
+            chan.close()
+        return RunResult(cmd, rc, out.decode(errors="replace"), err.decode(errors="replace"),
+                         time.monotonic() - t0)
+
+    def check(self, cmd: str, timeout: float = 30) -> str:
+        r = self.run(cmd, timeout)
+        if r.rc != 0:
+            raise GuestError(f"guest command failed ({'timeout' if r.timed_out else f'exit {r.rc}'}): "
+                             f"{cmd}: {r.stderr.strip()[-300:]}")
+        return r.stdout
+
+    def fetch(self, remote: str, local: Path, timeout: float = 60) -> bool:
+        """Copy a guest file back (dropbear has no sftp: cat over an exec channel)."""
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            return False
+        chan = transport.open_session(timeout=10)
+        chan.exec_command(f"cat {remote}")
+        chan.settimeout(timeout)
+        with open(local, "wb") as f:
+            try:
+                while True:
+                    data = chan.recv(1 << 20)
+                    if not data:
+                        break
+                    f.write(data)
+            except socket.timeout:
+                chan.close()
+                return False
+        return chan.recv_exit_status() == 0
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:
+            pass
+
+
+def console_tail(vm: VM, n: int = 40) -> str:
+    return "\n".join(vm.console().splitlines()[-n:])

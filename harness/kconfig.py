@@ -1,0 +1,183 @@
+"""Kernel config: base + the kernel's kvm_guest.config + harness fragments + user fragments.
+
+Merged with the kernel's own scripts/kconfig/merge_config.sh, then olddefconfig;
+then every requested symbol is checked in the final .config. Kconfig drops a
+symbol silently when a dependency is unmet; here that stops the run before
+any compile, naming the symbol and what Kconfig says it depends on.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cache, proc
+from .errors import ConfigError, UsageError
+
+log = logging.getLogger("kvm-harness")
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+BASES = {
+    # name: (make target, harness fragment applied first)
+    "trim": ("tinyconfig", CONFIGS_DIR / "trim.config"),
+    "defconfig": ("defconfig", None),
+}
+HARNESS_FRAGMENTS = [CONFIGS_DIR / "kvm.config", CONFIGS_DIR / "health.config"]
+KVM_GUEST = "kernel/configs/kvm_guest.config"
+
+# kvm_guest.config is generic (all arches, SCSI/DRM guests). On the trimmed
+# base these cannot hold, by design; they are reported, not enforced.
+NOT_ENFORCED_ON_TRIM = {
+    "S390_GUEST": "s390 only",
+    "SCSI_LOWLEVEL": "the trimmed base has no SCSI (the guest runs from an initramfs)",
+    "SCSI_VIRTIO": "the trimmed base has no SCSI (the guest runs from an initramfs)",
+    "DRM_VIRTIO_GPU": "the trimmed base has no DRM (serial console only)",
+}
+NOT_ENFORCED_ANYWHERE = {"S390_GUEST": "s390 only"}
+
+_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+
+
+@dataclass
+class ConfigRequest:
+    base: str
+    user_fragments: list[Path] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.base not in BASES:
+            raise UsageError(f"unknown config base {self.base!r} (choose from {', '.join(BASES)})")
+        for f in self.user_fragments:
+            if not f.is_file():
+                raise UsageError(f"config fragment not found: {f}")
+            try:
+                text = f.read_text()
+            except OSError as e:
+                raise UsageError(f"config fragment unreadable: {f}: {e.strerror}") from e
+            for n, line in enumerate(text.splitlines(), 1):
+                s = line.strip()
+                if s and not s.startswith("#") and not _SET.match(s):
+                    raise UsageError(f"{f}:{n}: not a Kconfig line: {s!r}")
+
+    def fragments(self, src: Path) -> list[Path]:
+        base_frag = BASES[self.base][1]
+        return ([base_frag] if base_frag else []) + [src / KVM_GUEST] + HARNESS_FRAGMENTS + \
+            [f.resolve() for f in self.user_fragments]
+
+    def key(self, src_has_kvm_guest: bool = True) -> dict[str, object]:
+        """What decides the config, for the build key (computed without running make)."""
+        base_frag = BASES[self.base][1]
+        frags = ([base_frag] if base_frag else []) + HARNESS_FRAGMENTS + list(self.user_fragments)
+        return {"base": self.base, "fragments": [cache.sha256_file(f) for f in frags]}
+
+
+def parse_fragment(path: Path) -> dict[str, str]:
+    """Requested values: CONFIG_X -> 'y'/'m'/'"str"'/'n' (for `# ... is not set`)."""
+    want: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        m = _SET.match(line)
+        if m:
+            want[m.group(1)] = m.group(2)
+            continue
+        m = _UNSET.match(line)
+        if m:
+            want[m.group(1)] = "n"
+    return want
+
+
+def parse_config(text: str) -> dict[str, str]:
+    have: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _SET.match(line)
+        if m:
+            have[m.group(1)] = m.group(2)
+    return have
+
+
+def kconfig_depends(src: Path, symbol: str) -> list[str]:
+    """The `depends on` lines of `symbol`'s Kconfig entry (best effort, for the message)."""
+    name = symbol.removeprefix("CONFIG_")
+    head = re.compile(rf"^\s*(menu)?config\s+{re.escape(name)}\s*$")
+    deps: list[str] = []
+    for kfile in _kconfig_files(src):
+        lines = kfile.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if not head.match(line):
+                continue
+            for nxt in lines[i + 1:]:
+                s = nxt.strip()
+                if re.match(r"^(menu)?config\s|^(endmenu|endif|endchoice|choice|menu|if|source)\b", s):
+                    break
+                if s.startswith("depends on"):
+                    deps.append(s.removeprefix("depends on").strip())
+    return deps
+
+
+def _kconfig_files(src: Path) -> list[Path]:
+    out = []
+    for d in ("arch/x86", "drivers", "kernel", "mm", "fs", "net", "init", "lib", "virt", "security", "block"):
+        for root, _dirs, files in os.walk(src / d):
+            out.extend(Path(root) / f for f in files if f.startswith("Kconfig"))
+    out.append(src / "init" / "Kconfig")
+    return out
+
+
+def verify(src: Path, final_text: str, fragments: list[Path], base: str) -> list[str]:
+    """Every requested symbol with its requested value, or a list of what is not."""
+    have = parse_config(final_text)
+    exempt = NOT_ENFORCED_ON_TRIM if base == "trim" else NOT_ENFORCED_ANYWHERE
+    problems = []
+    for frag in fragments:
+        for sym, val in parse_fragment(frag).items():
+            got = have.get(sym, "n")
+            if got == val or (frag.name == "kvm_guest.config" and sym.removeprefix("CONFIG_") in exempt):
+                continue
+            deps = kconfig_depends(src, sym)
+            dep = f"; Kconfig: depends on {' && '.join(deps)}" if deps else \
+                ("; no such symbol in this tree's Kconfig" if not _symbol_exists(src, sym) else "")
+            shown = "not set" if got == "n" else got
+            problems.append(f"{sym}: requested {val}, got {shown} (from {frag.name}){dep}")
+    return problems
+
+
+def _symbol_exists(src: Path, sym: str) -> bool:
+    name = sym.removeprefix("CONFIG_")
+    pat = re.compile(rf"^\s*(menu)?config\s+{re.escape(name)}\s*$", re.M)
+    return any(pat.search(k.read_text(errors="replace")) for k in _kconfig_files(src))
+
+
+def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
+    """Write obj/.config for `req` (keeping the old file and mtime if identical); return its text."""
+    obj.mkdir(parents=True, exist_ok=True)
+    cfg = obj / ".config"
+    prev = obj / ".config.harness-prev"
+    if cfg.exists():
+        shutil.copy2(cfg, prev)
+    target = BASES[req.base][0]
+    frags = req.fragments(src)
+    steps = [
+        ["make", "-s", "-C", str(src), f"O={obj}", target],
+        [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj), str(cfg), *map(str, frags)],
+        ["make", "-s", "-C", str(src), f"O={obj}", "olddefconfig"],
+    ]
+    for cmd in steps:
+        r = proc.run(cmd, cwd=obj, logfile=logfile)
+        if r.returncode != 0:
+            raise ConfigError(f"config step failed ({' '.join(cmd[:4])} ...): "
+                              f"{r.stdout.strip().splitlines()[-1:] or ['no output']}", detail=r.stdout)
+    text = cfg.read_text()
+    problems = verify(src, text, frags, req.base)
+    if problems:
+        raise ConfigError(f"{len(problems)} requested config symbol(s) not in the final .config:\n  "
+                          + "\n  ".join(problems))
+    if prev.exists():
+        if filecmp.cmp(prev, cfg, shallow=False):
+            shutil.copy2(prev, cfg)  # same content: keep the old mtime, make has nothing to redo
+        prev.unlink()
+    return text

@@ -1,0 +1,329 @@
+"""The run, top to bottom: source -> series -> config -> build -> image -> vm -> guest
+-> workloads -> checks -> report. The only module that knows the order of stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import build as build_mod
+from . import cache, image as image_mod, kconfig, series as series_mod, source, vm as vm_mod
+from .checks import health
+from .errors import (EXIT_BOOT, EXIT_INFRA, EXIT_OK, EXIT_SKIPPED, EXIT_TEST_FAILED, BootError, GuestError,
+                     HarnessError, Interrupted, UsageError)
+from .guest import Guest, console_tail
+from .report import junit, kcidb, ktap, run_dir as run_dir_mod
+from .results import ERROR, FAIL, PASS, SKIP, TestResult
+from .workloads import (FACTS_SCRIPT, KSFT_PASS, KSFT_SKIP, MODES, MmuMode, Workload, WorkloadPlan,
+                        parse_facts, perf_figures, skip_reason)
+
+log = logging.getLogger("kvm-harness")
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SERIES_LIST = REPO / "kernel-patches" / "default"
+
+
+@dataclass
+class RunRequest:
+    tarball: Path = source.DEFAULT_TARBALL
+    tree: Path | None = None
+    series_dirs: list[Path] = field(default_factory=list)
+    config: kconfig.ConfigRequest = field(default_factory=lambda: kconfig.ConfigRequest("trim"))
+    modes: list[str] = field(default_factory=lambda: ["shadow", "tdp_legacy", "tdp_mmu"])
+    accel: str = "auto"
+    results_root: Path = Path("results")
+    plan: WorkloadPlan = field(default_factory=WorkloadPlan)
+    boot_deadline_s: float = 60.0
+    smp: int = 2
+    memory: str = "2G"
+    extra_append: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    build: build_mod.BuildResult
+    initrd: Path
+    image: image_mod.Image
+    accel: vm_mod.Accel
+    qemu_version: str
+
+
+def validate(req: RunRequest) -> list[series_mod.Series]:
+    """Every input checked before any work starts; problems are UsageErrors naming the path."""
+    if req.tree is not None:
+        source.check_tree(req.tree)
+    else:
+        source.check_tarball(req.tarball)
+    series = [series_mod.load_series(d) for d in req.series_dirs]
+    req.config.validate()
+    for m in req.modes:
+        if m not in MODES:
+            raise UsageError(f"unknown MMU mode {m!r} (choose from {', '.join(MODES)})")
+    if req.accel not in ("auto", "kvm", "tcg"):
+        raise UsageError(f"unknown accelerator {req.accel!r} (auto, kvm or tcg)")
+    return series
+
+
+def prepare(req: RunRequest, series: list[series_mod.Series], out: Path, meta: dict[str, object],
+            timings: dict[str, object]) -> Prepared:
+    root = cache.cache_root()
+    t0 = time.monotonic()
+    ws = source.from_tree(req.tree, root) if req.tree else source.from_tarball(req.tarball, root)
+    run_dir_mod.update_metadata(out, meta, source=ws.identity,
+                                series=[s.describe() for s in series])
+    breq = build_mod.BuildRequest(ws, series, req.config)
+    b = build_mod.build(breq, root, out / "build.log")
+    timings["build_s"] = round(time.monotonic() - t0, 1)
+    timings["build_cached"] = b.cached
+    shutil.copy2(b.dir / "config", out / ".config")
+    if b.cached and not (out / "build.log").exists():
+        shutil.copy2(b.dir / "build.log", out / "build.log")
+    t1 = time.monotonic()
+    img = image_mod.build_image(root)
+    initrd = image_mod.initrd_for(img, b, root)
+    timings["image_s"] = round(time.monotonic() - t1, 1)
+    accel = vm_mod.choose_accel(req.accel)
+    return Prepared(b, initrd, img, accel, vm_mod.qemu_version())
+
+
+def _boot(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, tag: str) -> tuple[vm_mod.VM, Guest, float]:
+    spec = vm_mod.VMSpec(kernel=p.build.bzimage, initrd=p.initrd, accel=p.accel,
+                         append=list(mode.append) + req.extra_append, smp=req.smp, memory=req.memory,
+                         ssh_port=vm_mod.free_port(), name=f"kvm-harness-{out.name}-{tag}")
+    vm = vm_mod.VM(spec, out, tag)
+    try:
+        vm.start()
+        guest = Guest.wait_ready(vm, spec.ssh_port, p.image.client_key, p.image.known_hosts, req.boot_deadline_s)
+    except BaseException:
+        vm.stop()
+        raise
+    return vm, guest, time.monotonic() - vm.started_at
+
+
+def _shutdown(vm: vm_mod.VM, guest: Guest | None) -> None:
+    if guest is not None:
+        try:
+            guest.run("sync; poweroff -f", 5)
+        except Exception:
+            pass  # the connection drops as the guest powers off
+        guest.close()
+    if vm.proc is not None:
+        try:
+            vm.proc.wait(timeout=5)
+        except Exception:
+            pass
+    vm.stop()
+
+
+def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: float) -> tuple[TestResult, dict[str, object]]:
+    facts_text = guest.check(FACTS_SCRIPT, 30)
+    facts, raw = parse_facts(facts_text)
+    dmesg = guest.check("dmesg -c", 30)
+    (out / f"dmesg-{tag}.txt").write_text(dmesg)
+    findings = health.scan(dmesg, f"dmesg-{tag}.txt")
+    fp = {"vendor": facts.vendor, "nested": facts.nested, "tdp": facts.tdp, "tdp_mmu": facts.tdp_mmu,
+          "guest_kernel": raw.get("release", ""), "kvm_log": facts.kvm_lines, "ssh_ready_s": round(ssh_ready_s, 2)}
+    problems = facts.problems(mode)
+    res = TestResult(f"kvm.{mode.name}.boot", PASS, ssh_ready_s, evidence={"fingerprint": fp},
+                     output="\n".join(facts.kvm_lines))
+    if findings:
+        res.status, res.reason = FAIL, "; ".join(f.summary() for f in findings)
+        res.output += "\n" + "\n".join(f.excerpt for f in findings)
+    elif not facts.dev_kvm or not facts.vendor:
+        res.status, res.reason = FAIL, "; ".join(problems)
+    elif problems:
+        res.status, res.reason = ERROR, "MMU mode not reached: " + "; ".join(problems)
+    return res, fp
+
+
+def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: Path, tag: str) -> TestResult:
+    path = w.path(mode.name)
+    console_mark = len(vm.console())
+    log.info("running %s: %s", path, w.command())
+    res = TestResult(path, PASS, command=w.command())
+    try:
+        r = guest.run(w.command(), w.timeout_s)
+    except GuestError as e:
+        # The guest went away under the test: a kernel crash is the test's FAIL, anything else an ERROR.
+        new_console = vm.console()[console_mark:]
+        findings = health.scan(new_console, f"console-{tag}.log")
+        res.status = FAIL if findings else ERROR
+        res.reason = "; ".join(f.summary() for f in findings) if findings else f"lost the guest: {e}"
+        res.output = "\n".join(f.excerpt for f in findings) or console_tail(vm)
+        res.evidence["guest_lost"] = True
+        return res
+    res.duration_s = r.seconds
+    res.output = (r.stdout + r.stderr)[-20000:]
+    with open(out / f"workloads-{tag}.log", "a") as f:
+        f.write(f"### {path}\n$ {w.command()}\n{r.stdout}{r.stderr}\n### exit {r.rc} after {r.seconds:.1f}s\n")
+    if r.timed_out:
+        res.status, res.timed_out = ERROR, True
+        res.reason = f"timeout after {w.timeout_s:.0f} s"
+        return res
+    if r.rc == KSFT_PASS:
+        res.status = PASS
+    elif r.rc == KSFT_SKIP:
+        res.status, res.reason = SKIP, skip_reason(res.output)
+    else:
+        res.status = FAIL
+        last = [ln for ln in res.output.splitlines() if ln.strip()][-3:]
+        res.reason = f"exit {r.rc}: " + " | ".join(last)
+    if w.test == "dirty_log_perf_test":
+        res.evidence["figures"] = perf_figures(res.output)
+    try:
+        dmesg = guest.check("dmesg -c", 30)
+    except GuestError as e:
+        dmesg = ""
+        res.evidence["dmesg_error"] = str(e)
+    with open(out / f"dmesg-{tag}.txt", "a") as f:
+        f.write(f"### after {path}\n{dmesg}")
+    findings = health.scan(dmesg, f"dmesg-{tag}.txt")
+    if findings:
+        res.evidence["health"] = [f.summary() for f in findings]
+        if res.status in (PASS, SKIP):
+            res.status = FAIL
+            res.reason = "kernel reported: " + "; ".join(f.summary() for f in findings)
+        else:
+            res.reason += "; kernel reported: " + "; ".join(f.summary() for f in findings)
+        res.output += "\n" + "\n".join(f.excerpt for f in findings)
+    return res
+
+
+def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: dict[str, object]) -> list[TestResult]:
+    results: list[TestResult] = []
+    pending = req.plan.selected(mode.name)
+    boot_no = 0
+    while True:
+        boot_no += 1
+        tag = mode.name if boot_no == 1 else f"{mode.name}-{boot_no}"
+        try:
+            vm, guest, ready_s = _boot(req, p, mode, out, tag)
+        except BootError as e:
+            (out / f"boot-error-{tag}.txt").write_text(f"{e}\n\n{e.detail}\n")
+            results.append(TestResult(f"kvm.{mode.name}.boot" + ("" if boot_no == 1 else f".{boot_no}"), ERROR,
+                                      reason=str(e), output=e.detail, evidence={"boot_error": True}))
+            results += [TestResult(w.path(mode.name), ERROR, reason=f"not run: boot failed ({e})") for w in pending]
+            return results
+        timings.setdefault("ssh_ready_s", []).append(round(ready_s, 2))  # type: ignore[union-attr]
+        try:
+            if boot_no == 1:
+                boot_res, fp = _boot_case(mode, guest, out, tag, ready_s)
+                results.append(boot_res)
+                timings.setdefault("fingerprint", {})[mode.name] = fp  # type: ignore[index]
+                if boot_res.status != PASS:
+                    results += [TestResult(w.path(mode.name), ERROR,
+                                           reason=f"not run: {boot_res.reason}") for w in pending]
+                    return results
+            else:
+                guest.check("dmesg -c >/dev/null", 30)
+            restart = False
+            while pending:
+                w = pending.pop(0)
+                res = _run_workload(guest, vm, w, mode, out, tag)
+                results.append(res)
+                if res.timed_out or res.evidence.get("guest_lost"):
+                    restart = True  # the rest goes on in a fresh VM
+                    break
+            if not restart:
+                return results
+        finally:
+            _shutdown(vm, guest)
+
+
+def exit_code(results: list[TestResult]) -> int:
+    statuses = {r.status for r in results}
+    if FAIL in statuses:
+        return EXIT_TEST_FAILED
+    if ERROR in statuses:
+        return EXIT_BOOT if any(r.evidence.get("boot_error") for r in results) else EXIT_INFRA
+    if not results:
+        return EXIT_INFRA
+    if statuses == {SKIP}:
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def write_reports(out: Path, results: list[TestResult], meta: dict[str, object], build: dict[str, object] | None,
+                  status: str) -> None:
+    (out / "ktap.txt").write_text(ktap.render(results))
+    junit.write(results, out / "junit.xml")
+    env = {"accelerator": meta.get("accelerator"), "qemu": meta.get("qemu_version"),
+           "fingerprint": (meta.get("timings") or {}).get("fingerprint")}  # type: ignore[union-attr]
+    env["summary"] = f"{env['accelerator']}; {env['qemu']}"
+    doc = kcidb.render(out.name, results, meta.get("source") or {}, build, env, status)  # type: ignore[arg-type]
+    doc["kvm_harness"] = {"status": status, "exit_code": meta.get("exit_code"), "error": meta.get("error"),
+                          "results": [r.to_dict() for r in results]}
+    cache.write_json(out / "results.json", doc)
+    consoles = sorted(out.glob("console-*.log"))
+    with open(out / "console.log", "w") as f:
+        for c in consoles:
+            f.write(f"===== {c.name} =====\n{c.read_text(errors='replace')}\n")
+
+
+def run_boot_test(req: RunRequest, argv: list[str]) -> int:
+    out = run_dir_mod.create(req.results_root, "boot-test")
+    run_dir_mod.point_latest(req.results_root, out)
+    meta = run_dir_mod.start_metadata(out, argv, "boot-test")
+    handler = logging.FileHandler(out / "harness.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    log.info("run directory %s", out)
+    t_start = time.monotonic()
+    results: list[TestResult] = []
+    timings: dict[str, object] = {}
+    build_meta: dict[str, object] | None = None
+    status, code, error = "error", EXIT_INFRA, None
+    try:
+        series = validate(req)
+        p = prepare(req, series, out, meta, timings)
+        build_meta = p.build.meta
+        run_dir_mod.update_metadata(out, meta, build=build_meta, accelerator={
+            "name": p.accel.name, "cpu": p.accel.cpu, "reason": p.accel.reason}, qemu_version=p.qemu_version,
+            kernel_release=build_meta.get("kernel_release"))
+        t_work = time.monotonic()
+        for m in req.modes:
+            results += run_mode(req, p, MODES[m], out, timings)
+        timings["modes_s"] = round(time.monotonic() - t_work, 1)
+        code = exit_code(results)
+        status = {EXIT_OK: "pass", EXIT_TEST_FAILED: "fail", EXIT_SKIPPED: "skip"}.get(code, "error")
+    except HarnessError as e:
+        code, error = e.exit_code, {"kind": e.kind, "message": str(e), "detail": e.detail[-5000:]}
+        status = "interrupted" if isinstance(e, Interrupted) else "error"
+        log.error("%s error: %s", e.kind, e)
+        if e.detail:
+            (out / "error-detail.txt").write_text(e.detail)
+    except KeyboardInterrupt:
+        code, status, error = 130, "interrupted", {"kind": "interrupted", "message": "interrupted by signal"}
+    finally:
+        from . import proc
+        proc.kill_all_children()
+        workload_s = sum(r.duration_s for r in results if not r.path.endswith(".boot"))
+        timings["total_s"] = round(time.monotonic() - t_start, 1)
+        timings["workloads_s"] = round(workload_s, 1)
+        timings["overhead_s"] = round(time.monotonic() - t_start - workload_s, 1)
+        meta["timings"] = timings
+        run_dir_mod.update_metadata(out, meta, status=status, exit_code=code, error=error,
+                                    finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    counts={s: sum(r.status == s for r in results) for s in (PASS, FAIL, ERROR, SKIP)})
+        write_reports(out, results, meta, build_meta, status)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        _print_summary(out, results, status, code, error, timings)
+    return code
+
+
+def _print_summary(out: Path, results: list[TestResult], status: str, code: int, error: dict[str, object] | None,
+                   timings: dict[str, object]) -> None:
+    width = max([len(r.path) for r in results] + [20])
+    for r in results:
+        extra = f"  {r.reason}" if r.reason else ""
+        print(f"  {r.status:5} {r.path:{width}} {r.duration_s:6.1f}s{extra}")
+    counts = {s: sum(r.status == s for r in results) for s in (PASS, FAIL, ERROR, SKIP)}
+    if error:
+        print(f"ERROR ({error['kind']}): {error['message']}")
+    print(f"kvm-harness: {status.upper()} (exit {code}) - {counts[PASS]} passed, {counts[FAIL]} failed, "
+          f"{counts[ERROR]} errors, {counts[SKIP]} skipped; total {timings.get('total_s')}s, "
+          f"overhead {timings.get('overhead_s')}s; artifacts: {out}")

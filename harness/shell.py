@@ -1,0 +1,80 @@
+"""Reviewer spot checks: boot the same kernel and image, then a shell or one command.
+
+With --keep the VM stays up after the harness exits, reachable only from
+this host's loopback; the exact ssh command and how to stop it are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shlex
+import sys
+import termios
+import tty
+from pathlib import Path
+
+from . import pipeline
+from .report import run_dir as run_dir_mod
+from .workloads import MODES
+
+
+def _interactive(guest: pipeline.Guest) -> int:
+    chan = guest.client.invoke_shell(term=os.environ.get("TERM", "vt100"))
+    if not sys.stdin.isatty():
+        chan.sendall(sys.stdin.read().encode() + b"\nexit\n")
+    old = termios.tcgetattr(sys.stdin) if sys.stdin.isatty() else None
+    try:
+        if old is not None:
+            tty.setraw(sys.stdin.fileno())
+        while True:
+            r, _, _ = select.select([chan, sys.stdin] if old is not None else [chan], [], [])
+            if chan in r:
+                data = chan.recv(4096)
+                if not data:
+                    break
+                os.write(sys.stdout.fileno(), data)
+            if sys.stdin in r:
+                data = os.read(sys.stdin.fileno(), 1024)
+                if not data:
+                    break
+                chan.sendall(data)
+    finally:
+        if old is not None:
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
+    return chan.recv_exit_status() if chan.exit_status_ready() else 0
+
+
+def run(req: pipeline.RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
+    out = run_dir_mod.create(req.results_root, "shell")
+    run_dir_mod.point_latest(req.results_root, out)
+    meta = run_dir_mod.start_metadata(out, sys.argv[1:], "shell")
+    series = pipeline.validate(req)
+    p = pipeline.prepare(req, series, out, meta, {})
+    vm, guest, ready = pipeline._boot(req, p, MODES[mode_name], out, mode_name)
+    print(f"kvm-harness: guest ({mode_name}) ready over SSH in {ready:.1f}s; artifacts in {out}", file=sys.stderr)
+    try:
+        if cmd:
+            r = guest.run(" ".join(shlex.quote(c) for c in cmd) if len(cmd) > 1 else cmd[0], req.plan.timeout_s)
+            sys.stdout.write(r.stdout)
+            sys.stderr.write(r.stderr)
+            rc = 124 if r.rc is None else r.rc
+        else:
+            rc = _interactive(guest)
+        if keep:
+            key = Path(p.image.client_key)
+            print("VM kept running (loopback only). Reach it with:\n"
+                  f"  ssh -i {key} -o UserKnownHostsFile={p.image.known_hosts} -o HostKeyAlias=kvm-harness-guest "
+                  f"-p {vm.spec.ssh_port} root@127.0.0.1\n"
+                  f"Stop it with:\n  kill {vm.proc.pid if vm.proc else '?'}\n"
+                  f"Console: {vm.console_log}", file=sys.stderr)
+            from . import proc
+            if vm.proc is not None:
+                proc.unregister_group(vm.proc.pid)  # not ours to kill any more
+            guest.close()
+            return rc
+    except BaseException:
+        pipeline._shutdown(vm, guest)
+        raise
+    pipeline._shutdown(vm, guest)
+    return rc

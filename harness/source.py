@@ -1,0 +1,155 @@
+"""Kernel source: Debian's linux-source tarball (default) or a user's git tree.
+
+Either way the harness works in its own git workspace under the cache, so a
+user's checkout and index are never touched: a tarball is unpacked once and
+committed as the base; a tree is cloned with --shared (objects borrowed read
+only) and its HEAD fetched. Patches are then applied as commits on top of the
+base, and switching series only rewrites the files that differ, which keeps
+the out-of-tree build incremental.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cache, proc
+from .errors import InfraError, UsageError
+
+log = logging.getLogger("kvm-harness")
+
+DEFAULT_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+GIT_ID = ["-c", "user.name=kvm-harness", "-c", "user.email=kvm-harness@kvm-harness.invalid",
+          "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
+
+
+@dataclass
+class Workspace:
+    """A git work tree the harness owns, with the out-of-tree build dir beside it."""
+
+    src: Path
+    obj: Path
+    lock: Path
+    base_commit: str
+    identity: dict[str, object] = field(default_factory=dict)
+
+    def git(self, *args: str, logfile: Path | None = None, check: bool = True) -> str:
+        r = proc.run(["git", *GIT_ID, "-C", str(self.src), *args], logfile=logfile)
+        if check and r.returncode != 0:
+            raise InfraError(f"git {' '.join(args)} failed in {self.src}: {(r.stdout + r.stderr).strip()[-400:]}")
+        return r.stdout.strip()
+
+    def reset(self) -> None:
+        """Back to the pristine base: no half-applied series survives a run."""
+        if (self.src / ".git" / "rebase-apply").exists():
+            self.git("am", "--abort", check=False)
+        self.git("checkout", "-q", "-f", "--detach", self.base_commit)
+        self.git("clean", "-q", "-f", "-d", "-x")
+
+
+def kernel_version(src: Path) -> str:
+    text = (src / "Makefile").read_text(errors="replace")[:2000]
+    vals = {k: (re.search(rf"^{k}[ \t]*=[ \t]*(\S*)", text, re.M) or [None, ""])[1]
+            for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL", "EXTRAVERSION")}
+    return f"{vals['VERSION']}.{vals['PATCHLEVEL']}.{vals['SUBLEVEL']}{vals['EXTRAVERSION']}"
+
+
+def _tarball_sha(tarball: Path, root: Path) -> str:
+    """sha256 of the tarball, remembered by (path, size, mtime) to spare warm runs the hash."""
+    st = tarball.stat()
+    memo = root / "sources" / "tarball-hashes.json"
+    known = json.loads(memo.read_text()) if memo.exists() else {}
+    tag = f"{tarball.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    if tag not in known:
+        known[tag] = cache.sha256_file(tarball)
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_json(memo, known)
+    return str(known[tag])
+
+
+def check_tarball(tarball: Path) -> None:
+    if not tarball.is_file():
+        hint = " (install it with `make setup`, i.e. apt-get install linux-source-6.12)" \
+            if tarball == DEFAULT_TARBALL else ""
+        raise UsageError(f"kernel source tarball not found: {tarball}{hint}")
+
+
+def check_tree(tree: Path) -> None:
+    if not tree.is_dir():
+        raise UsageError(f"kernel tree not found: {tree}")
+    r = proc.run(["git", "-C", str(tree), "rev-parse", "--verify", "HEAD^{commit}"])
+    if r.returncode != 0:
+        raise UsageError(f"kernel tree is not a git repository with a commit: {tree}")
+    if not (tree / "Makefile").is_file() or not (tree / "arch" / "x86").is_dir():
+        raise UsageError(f"{tree} does not look like a Linux kernel tree (no Makefile or arch/x86)")
+
+
+def from_tarball(tarball: Path, root: Path) -> Workspace:
+    check_tarball(tarball)
+    sha = _tarball_sha(tarball, root)
+    entry = root / "sources" / f"tarball-{sha[:16]}"
+    with cache.locked(entry.with_suffix(".lock")):
+        if not (entry / "base.json").exists():
+            log.info("unpacking %s into the cache (once per tarball)", tarball)
+            with cache.publishing(entry) as tmp:
+                with tarfile.open(tarball) as tf:
+                    tf.extractall(tmp / "unpack", filter="tar")
+                tops = list((tmp / "unpack").iterdir())
+                if len(tops) != 1 or not tops[0].is_dir():
+                    raise InfraError(f"{tarball}: expected one top-level directory, found {len(tops)}")
+                os.rename(tops[0], tmp / "src")
+                (tmp / "unpack").rmdir()
+                src = tmp / "src"
+                version = kernel_version(src)
+                for args in (["init", "-q"], ["add", "-A", "-f", "."],
+                             ["commit", "-q", "-m", f"{tarball.name} {version} sha256:{sha}"]):
+                    r = proc.run(["git", *GIT_ID, "-C", str(src), *args])
+                    if r.returncode != 0:
+                        raise InfraError(f"git {args[0]} in the unpacked source failed: {r.stderr[-400:]}")
+                commit = proc.run(["git", "-C", str(src), "rev-parse", "HEAD"]).stdout.strip()
+                cache.write_json(tmp / "base.json", {"commit": commit, "version": version})
+    base = json.loads((entry / "base.json").read_text())
+    identity = {"kind": "tarball", "tarball": str(tarball), "sha256": sha,
+                "version": base["version"], "base_commit": base["commit"]}
+    return Workspace(src=entry / "src", obj=entry / "obj", lock=entry / "workspace.lock",
+                     base_commit=base["commit"], identity=identity)
+
+
+def from_tree(tree: Path, root: Path) -> Workspace:
+    tree = tree.resolve()
+    check_tree(tree)
+    commit = proc.run(["git", "-C", str(tree), "rev-parse", "HEAD"]).stdout.strip()
+    describe = proc.run(["git", "-C", str(tree), "describe", "--always", "--tags", "HEAD"]).stdout.strip()
+    dirty = bool(proc.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"]).stdout.strip())
+    if dirty:
+        log.warning("%s has uncommitted changes: they are NOT built (the harness builds HEAD %s)",
+                    tree, commit[:12])
+    entry = root / "sources" / f"tree-{cache.key_of(str(tree))}"
+    with cache.locked(entry.with_suffix(".lock")):
+        if not (entry / "src" / ".git").exists():
+            with cache.publishing(entry) as tmp:
+                r = proc.run(["git", "clone", "-q", "--shared", "--no-checkout", str(tree), str(tmp / "src")])
+                if r.returncode != 0:
+                    raise InfraError(f"git clone --shared {tree} failed: {r.stderr[-400:]}")
+        r = proc.run(["git", "-C", str(entry / "src"), "fetch", "-q", "--no-tags", str(tree), commit])
+        if r.returncode != 0:
+            raise InfraError(f"git fetch of {commit} from {tree} failed: {r.stderr[-400:]}")
+    ws = Workspace(src=entry / "src", obj=entry / "obj", lock=entry / "workspace.lock", base_commit=commit)
+    ws.identity = {"kind": "tree", "tree": str(tree), "commit": commit, "describe": describe,
+                   "dirty": dirty}
+    return ws
+
+
+def finish_identity(ws: Workspace) -> None:
+    """Fill in the version once the base is checked out."""
+    ws.identity.setdefault("version", kernel_version(ws.src))
+
+
+def remove_stale(entry: Path) -> None:
+    shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,163 @@
+"""The workloads: KVM selftests as test cases, in each MMU mode of the guest's KVM.
+
+KVM is built in, so a mode is chosen by the guest kernel command line and
+each mode gets its own boot (measured: a boot to SSH costs a few seconds,
+less than reloading modules would save, and it gives each mode a clean
+kernel log).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MmuMode:
+    name: str
+    append: tuple[str, ...]
+    tdp: bool            # npt/ept expected on
+    tdp_mmu: bool        # kvm.tdp_mmu expected on
+    reaches_patched_code: bool
+    description: str
+
+
+MODES: dict[str, MmuMode] = {m.name: m for m in (
+    MmuMode("shadow", ("kvm_amd.npt=0", "kvm_intel.ept=0"), tdp=False, tdp_mmu=False,
+            reaches_patched_code=True, description="shadow paging (npt/ept off)"),
+    MmuMode("tdp_legacy", ("kvm.tdp_mmu=0",), tdp=True, tdp_mmu=False,
+            reaches_patched_code=True, description="legacy TDP MMU (kvm.tdp_mmu=0)"),
+    MmuMode("tdp_mmu", ("kvm.tdp_mmu=1",), tdp=True, tdp_mmu=True,
+            reaches_patched_code=False, description="TDP MMU (the x86-64 default)"),
+)}
+DEFAULT_MODES = ("shadow", "tdp_legacy", "tdp_mmu")
+
+
+@dataclass(frozen=True)
+class Workload:
+    test: str                   # selftest binary
+    variant: str                # e.g. the dirty-log mode
+    argv: tuple[str, ...]
+    timeout_s: float
+
+    def path(self, mode: str) -> str:
+        return f"kvm.{mode}.{self.test}" + (f".{self.variant}" if self.variant else "")
+
+    def command(self) -> str:
+        # Absolute path: the selftests open their own ELF through argv[0].
+        return " ".join((f"/bin/{self.test}",) + self.argv)
+
+
+@dataclass
+class WorkloadPlan:
+    iterations: int = 5
+    interval_ms: int = 10
+    perf_bytes: str = "256M"
+    perf_iterations: int = 3
+    timeout_s: float = 240.0
+    log_modes: tuple[str, ...] = ("dirty-log", "clear-log", "dirty-ring")
+    only: tuple[str, ...] = field(default_factory=tuple)   # substrings of test paths to keep
+
+    def workloads(self) -> list[Workload]:
+        out = [Workload("dirty_log_test", m, ("-M", m, "-i", str(self.iterations), "-I", str(self.interval_ms)),
+                        self.timeout_s) for m in self.log_modes]
+        # -g: manual protect off, so enabling dirty logging write-protects all
+        # memory at once: the path the series under test speeds up.
+        out.append(Workload("dirty_log_perf_test", "", ("-v", "1", "-b", self.perf_bytes,
+                                                        "-i", str(self.perf_iterations), "-g"), self.timeout_s))
+        return out
+
+    def selected(self, mode: str) -> list[Workload]:
+        return [w for w in self.workloads() if not self.only or any(o in w.path(mode) for o in self.only)]
+
+
+# kselftest exit codes
+KSFT_PASS, KSFT_FAIL, KSFT_SKIP = 0, 1, 4
+
+_PERF = {
+    "populate_s": re.compile(r"Populate memory time: (\d+\.\d+)s"),
+    "enable_dirty_logging_s": re.compile(r"Enabling dirty logging time: (\d+\.\d+)s"),
+    "dirty_memory_avg_s": re.compile(r"Dirty memory time:?\s+(\d+\.\d+)s"),
+    "get_dirty_log_total_s": re.compile(r"Get dirty log over \d+ iterations took (\d+\.\d+)s"),
+    "clear_dirty_log_total_s": re.compile(r"Clear dirty log over \d+ iterations took (\d+\.\d+)s"),
+    "disable_dirty_logging_s": re.compile(r"Disabling dirty logging time: (\d+\.\d+)s"),
+}
+
+
+def perf_figures(output: str) -> dict[str, float]:
+    """The timings dirty_log_perf_test prints (kept as evidence, never asserted on)."""
+    figs = {}
+    for name, pat in _PERF.items():
+        m = pat.search(output)
+        if m:
+            figs[name] = float(m.group(1))
+    return figs
+
+
+def skip_reason(output: str) -> str:
+    for line in reversed(output.splitlines()):
+        if "SKIP" in line or "skip" in line.lower():
+            return line.strip()[:200]
+    return "selftest exited 4 (KSFT_SKIP)"
+
+
+@dataclass
+class ModeFacts:
+    """What the guest says about its KVM: read, never assumed."""
+
+    vendor: str = ""          # kvm_amd / kvm_intel / ""
+    dev_kvm: bool = False
+    nested: str = ""
+    tdp: str = ""             # npt or ept parameter
+    tdp_mmu: str = ""
+    kvm_lines: list[str] = field(default_factory=list)
+
+    def problems(self, mode: MmuMode) -> list[str]:
+        p = []
+        if not self.dev_kvm:
+            p.append("/dev/kvm missing in the guest: KVM did not initialise")
+        if self.vendor == "":
+            p.append("neither kvm_amd nor kvm_intel reported in the guest's kernel log")
+        if self.nested not in ("1", "Y"):
+            p.append(f"nested virtualization not enabled in the guest (nested={self.nested or '?'})")
+        want_tdp = "Y" if mode.tdp else "N"
+        if self.tdp and self.tdp != want_tdp:
+            p.append(f"{'npt' if self.vendor == 'kvm_amd' else 'ept'}={self.tdp}, mode {mode.name} needs {want_tdp}")
+        want_mmu = "Y" if mode.tdp_mmu else "N"
+        if self.tdp_mmu != want_mmu:
+            p.append(f"kvm.tdp_mmu={self.tdp_mmu or '?'}, mode {mode.name} needs {want_mmu}")
+        return p
+
+
+FACTS_SCRIPT = r"""
+v=; grep -qw svm /proc/cpuinfo && v=kvm_amd; grep -qw vmx /proc/cpuinfo && v=kvm_intel
+echo "vendor=$v"
+[ -e /dev/kvm ] && echo dev_kvm=1 || echo dev_kvm=0
+p=/sys/module/$v/parameters
+echo "nested=$(cat $p/nested 2>/dev/null)"
+[ "$v" = kvm_amd ] && echo "tdp=$(cat $p/npt 2>/dev/null)"
+[ "$v" = kvm_intel ] && echo "tdp=$(cat $p/ept 2>/dev/null)"
+echo "tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)"
+echo "release=$(uname -r)"
+dmesg | grep -E 'kvm(_amd|_intel)?:' | sed 's/^/kvm_line=/'
+"""
+
+
+def parse_facts(text: str) -> tuple[ModeFacts, dict[str, str]]:
+    f = ModeFacts()
+    raw: dict[str, str] = {}
+    for line in text.splitlines():
+        k, _, v = line.partition("=")
+        if k == "kvm_line":
+            f.kvm_lines.append(v)
+            continue
+        raw[k] = v.strip()
+    f.vendor = raw.get("vendor", "")
+    f.dev_kvm = raw.get("dev_kvm") == "1"
+    f.nested = raw.get("nested", "")
+    tdp = raw.get("tdp", "")
+    f.tdp = {"1": "Y", "0": "N"}.get(tdp, tdp)
+    f.tdp_mmu = raw.get("tdp_mmu", "")
+    if f.vendor and not any(f.vendor + ":" in ln for ln in f.kvm_lines):
+        f.vendor = ""  # the CPU flag alone does not prove the module initialised
+    return f, raw

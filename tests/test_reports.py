@@ -1,0 +1,66 @@
+import json
+
+import kcidb_io
+from junitparser import JUnitXml
+
+from harness.report import junit, kcidb, ktap, run_dir
+from harness.results import ERROR, FAIL, PASS, SKIP, TestResult, overall
+from harness.pipeline import exit_code
+
+RESULTS = [
+    TestResult("kvm.shadow.boot", PASS, 4.2),
+    TestResult("kvm.shadow.dirty_log_test.dirty-log", FAIL, 11.0, reason="exit 1: ASSERT failed"),
+    TestResult("kvm.shadow.dirty_log_test.dirty-ring", ERROR, 240.0, reason="timeout after 240 s", timed_out=True),
+    TestResult("kvm.tdp_mmu.consistency", SKIP, reason="only TDP MMU pages (out of scope)"),
+]
+
+
+def test_ktap_lines():
+    text = ktap.render(RESULTS)
+    lines = text.splitlines()
+    assert lines[0] == "KTAP version 1" and "1..4" in lines
+    assert "ok 1 kvm.shadow.boot" in lines
+    assert "not ok 2 kvm.shadow.dirty_log_test.dirty-log" in lines
+    assert "not ok 3 kvm.shadow.dirty_log_test.dirty-ring # TIMEOUT timeout after 240 s" in lines
+    assert "ok 4 kvm.tdp_mmu.consistency # SKIP only TDP MMU pages (out of scope)" in lines
+
+
+def test_junit_distinguishes_failure_error_skip(tmp_path):
+    junit.write(RESULTS, tmp_path / "junit.xml")
+    xml = JUnitXml.fromfile(str(tmp_path / "junit.xml"))
+    kinds = {}
+    for suite in xml:
+        for case in suite:
+            kinds[case.name] = [type(r).__name__ for r in case.result]
+    assert kinds == {"boot": [], "dirty-log": ["Failure"], "dirty-ring": ["Error"], "consistency": ["Skipped"]}
+
+
+def test_results_json_is_valid_kcidb():
+    build = {"key": "abc", "config_base": "trim", "kernel_release": "6.12.117",
+             "applied": [{"series": "s", "patch": "p.patch", "sha256": "f" * 64}]}
+    doc = kcidb.render("run1", RESULTS, {"kind": "tarball", "sha256": "a" * 64}, build, {"summary": "tcg"}, "fail")
+    kcidb_io.schema.V4_3.validate(json.loads(json.dumps(doc)))
+    assert [t["status"] for t in doc["tests"]] == ["PASS", "FAIL", "ERROR", "SKIP"]
+
+
+def test_overall_and_exit_codes():
+    assert overall(RESULTS) == FAIL
+    assert exit_code(RESULTS) == 1
+    assert exit_code([RESULTS[0], RESULTS[2]]) == 8
+    assert exit_code([RESULTS[0]]) == 0
+    assert exit_code([RESULTS[3]]) == 4
+    assert exit_code([]) == 8
+    assert overall([]) == ERROR
+
+
+def test_run_dirs_never_collide_and_latest_moves(tmp_path):
+    a = run_dir.create(tmp_path, "x")
+    b = run_dir.create(tmp_path, "x")
+    assert a != b
+    run_dir.point_latest(tmp_path, a)
+    run_dir.point_latest(tmp_path, b)
+    assert (tmp_path / "latest").resolve() == b.resolve()
+    meta = run_dir.start_metadata(a, ["boot-test", "--modes", "shadow"], "boot-test")
+    on_disk = json.loads((a / "metadata.json").read_text())
+    assert on_disk["status"] == "running" and on_disk["reproducer"] == "kvm-harness boot-test --modes shadow"
+    assert meta["run_id"] == a.name

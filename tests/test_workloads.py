@@ -1,0 +1,47 @@
+from harness.workloads import MODES, WorkloadPlan, parse_facts, perf_figures
+
+FACTS_AMD_SHADOW = """vendor=kvm_amd
+dev_kvm=1
+nested=1
+tdp=N
+tdp_mmu=N
+release=6.12.117
+kvm_line=[    1.523000] kvm_amd: TSC scaling supported
+kvm_line=[    1.523600] kvm_amd: Nested Virtualization enabled
+kvm_line=[    1.523700] kvm_amd: Nested Paging disabled
+"""
+
+
+def test_facts_parse_and_mode_check():
+    f, raw = parse_facts(FACTS_AMD_SHADOW)
+    assert f.vendor == "kvm_amd" and f.dev_kvm and f.nested == "1" and f.tdp == "N" and f.tdp_mmu == "N"
+    assert raw["release"] == "6.12.117"
+    assert f.problems(MODES["shadow"]) == []
+    assert any("tdp_mmu" in p for p in f.problems(MODES["tdp_mmu"]))
+    assert any("npt=N" in p for p in f.problems(MODES["tdp_legacy"]))
+
+
+def test_vendor_needs_the_kernel_log():
+    f, _ = parse_facts("vendor=kvm_amd\ndev_kvm=0\nnested=\ntdp_mmu=\n")
+    assert f.vendor == ""
+    problems = f.problems(MODES["tdp_mmu"])
+    assert any("/dev/kvm missing" in p for p in problems) and any("neither kvm_amd" in p for p in problems)
+
+
+def test_plan_has_three_log_modes_and_perf_per_mode():
+    plan = WorkloadPlan()
+    paths = [w.path("shadow") for w in plan.workloads()]
+    assert paths == ["kvm.shadow.dirty_log_test.dirty-log", "kvm.shadow.dirty_log_test.clear-log",
+                     "kvm.shadow.dirty_log_test.dirty-ring", "kvm.shadow.dirty_log_perf_test"]
+    assert plan.workloads()[0].command().startswith("/bin/dirty_log_test -M dirty-log")
+    assert "-g" in plan.workloads()[3].argv
+    assert [w.variant for w in WorkloadPlan(only=("dirty-ring",)).selected("tdp_mmu")] == ["dirty-ring"]
+
+
+def test_perf_figures():
+    out = ("Populate memory time: 1.234567890s\nEnabling dirty logging time: 0.002000000s\n\n"
+           "Iteration 1 dirty memory time: 2.5s\nGet dirty log over 3 iterations took 0.100000000s."
+           " (Avg 0.033s/iteration)\nDisabling dirty logging time: 0.010000000s\n")
+    figs = perf_figures(out)
+    assert figs["populate_s"] == 1.234567890 and figs["enable_dirty_logging_s"] == 0.002
+    assert figs["get_dirty_log_total_s"] == 0.1 and figs["disable_dirty_logging_s"] == 0.01
