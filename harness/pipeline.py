@@ -79,8 +79,11 @@ def prepare(req: RunRequest, series: list[series_mod.Series], out: Path, meta: d
     timings["build_s"] = round(time.monotonic() - t0, 1)
     timings["build_cached"] = b.cached
     shutil.copy2(b.dir / "config", out / ".config")
-    if b.cached and not (out / "build.log").exists():
-        shutil.copy2(b.dir / "build.log", out / "build.log")
+    if b.cached:
+        with open(out / "build.log", "w") as f:
+            f.write(f"# build cache hit {b.key}: make was not run. The original build's log follows "
+                    f"({b.dir / 'build.log'}).\n")
+            f.write((b.dir / "build.log").read_text(errors="replace"))
     t1 = time.monotonic()
     img = image_mod.build_image(root)
     initrd = image_mod.initrd_for(img, b, root)

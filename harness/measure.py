@@ -1,0 +1,59 @@
+"""`make measure`: the boot-test figures written in the README, from real runs.
+
+Runs `kvm-harness boot-test` twice with the same options: first cold (with
+--cold: a fresh, empty cache root, so source unpack, kernel, selftests and
+image are all built, ccache empty), then warm (nothing changed). Prints wall
+time, build time, harness overhead (everything but the workloads' own run
+time) and QEMU-start-to-SSH-ready per boot, read from each run's
+metadata.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _run(args: list[str], env: dict[str, str], results: Path) -> dict[str, object]:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "harness", "boot-test", "--results", str(results), *args], env=env,
+                       stdin=subprocess.DEVNULL)
+    wall = time.monotonic() - t0
+    meta = json.loads(((results / "latest").resolve() / "metadata.json").read_text())
+    meta["wall_s"] = round(wall, 1)
+    meta["rc"] = r.returncode
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.measure", description=__doc__)
+    ap.add_argument("--cold", action="store_true", help="first run on an empty cache root (a full cold build)")
+    ap.add_argument("--results", type=Path, default=Path("results/measure"))
+    ap.add_argument("args", nargs=argparse.REMAINDER, help="options passed to boot-test")
+    a = ap.parse_args(argv)
+    env = dict(os.environ)
+    tmp_cache = None
+    if a.cold:
+        tmp_cache = tempfile.mkdtemp(prefix="kvm-harness-cold-cache-", dir=str(Path.home()))
+        env["KVM_HARNESS_CACHE"] = tmp_cache
+    runs = [("cold" if a.cold else "first", _run(a.args, env, a.results)), ("warm", _run(a.args, env, a.results))]
+    print(f"\n{'run':6} {'exit':>4} {'wall s':>8} {'build s':>8} {'cached':>6} {'workloads s':>11} "
+          f"{'overhead s':>10}  ssh-ready s (per boot)")
+    for name, m in runs:
+        t = m.get("timings") or {}
+        print(f"{name:6} {m['rc']:>4} {m['wall_s']:>8} {t.get('build_s', '-'):>8} {str(t.get('build_cached', '-')):>6} "
+              f"{t.get('workloads_s', '-'):>11} {t.get('overhead_s', '-'):>10}  {t.get('ssh_ready_s')}")
+    print(f"machine: {os.cpu_count()} CPUs; accelerator: {(runs[-1][1].get('accelerator') or {}).get('name')}")
+    if tmp_cache:
+        print(f"(cold cache root kept for inspection: {tmp_cache}; remove it when done)")
+    return 0 if all(m["rc"] == 0 for _, m in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
