@@ -46,7 +46,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated MMU modes (of {', '.join(MODES)})")
     g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     g.add_argument("--smp", type=int, default=2)
-    g.add_argument("--memory", default="2G")
+    g.add_argument("--memory", default="3G", help="guest memory (the trace ring buffer lives there too)")
     g.add_argument("--append", action="append", default=[], help="extra guest kernel command-line word")
     g.add_argument("--boot-deadline", type=float, default=60.0, help="seconds from QEMU start to SSH ready")
     g = p.add_argument_group("workloads")
@@ -54,6 +54,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=int, default=5, help="dirty_log_test -i")
     g.add_argument("--perf-bytes", default="256M", help="dirty_log_perf_test -b")
     g.add_argument("--timeout", type=float, default=240.0, help="per-test timeout in seconds")
+    g.add_argument("--consistency", choices=("auto", "off"), default="auto",
+                   help="auto: capture dumps + trace and check the bitmap wherever the guest kernel is instrumented")
     p.add_argument("-v", "--verbose", action="store_true", help="log every command line")
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default ./results)")
 
@@ -70,7 +72,7 @@ def request_from(args: argparse.Namespace) -> pipeline.RunRequest:
         config=ConfigRequest(args.config_base, list(args.config)),
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
         results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,
-        extra_append=list(args.append),
+        extra_append=list(args.append), consistency=args.consistency,
         plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
                           only=tuple(args.only)))
 
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logging.getLogger().addHandler(console)
     logging.getLogger().setLevel(logging.DEBUG)
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # paramiko logs every refused early connection attempt at ERROR; the
+    # harness reports what matters (deadline, panic) itself.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return pipeline.run_boot_test(request_from(args), argv)
         if args.command == "shell":
             from . import shell
-            return shell.run(request_from(args), args.mode, args.keep, args.cmd)
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            return shell.run(request_from(args), args.mode, args.keep, cmd)
     except HarnessError as e:
         print(f"kvm-harness: {e.kind} error: {e}", file=sys.stderr)
         return e.exit_code

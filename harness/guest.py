@@ -21,6 +21,7 @@ from .vm import PANIC_RE, VM
 
 log = logging.getLogger("kvm-harness")
 HOST_ALIAS = "kvm-harness-guest"
+SSHD_MARKER = "kvm-harness: sshd started"
 
 
 @dataclass
@@ -49,7 +50,8 @@ class Guest:
     def wait_ready(cls, vm: VM, port: int, key_file: Path, known_hosts: Path, deadline_s: float) -> "Guest":
         """Connect as soon as sshd answers; fail fast on panic or QEMU exit, with the console's tail."""
         pkey = paramiko.ECDSAKey.from_private_key_file(str(key_file))
-        deadline = time.monotonic() + deadline_s
+        t0 = time.monotonic()
+        deadline = t0 + deadline_s
         last_err = ""
         while True:
             if vm.panicked() or PANIC_RE.search(vm.console()):
@@ -62,6 +64,12 @@ class Guest:
             if time.monotonic() > deadline:
                 raise BootError(f"guest sshd did not answer within {deadline_s:.0f} s (last: {last_err})",
                                 detail=console_tail(vm))
+            # Connecting before the guest's network is up costs a whole banner
+            # timeout (slirp accepts, then waits on the guest), so wait for the
+            # init's console line; without it (another image) try after 15 s.
+            if SSHD_MARKER not in vm.console() and time.monotonic() - t0 < 15:
+                time.sleep(0.05)
+                continue
             client = paramiko.SSHClient()
             client.load_host_keys(str(known_hosts))
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -124,11 +132,15 @@ class Guest:
 
     def fetch(self, remote: str, local: Path, timeout: float = 60) -> bool:
         """Copy a guest file back (dropbear has no sftp: cat over an exec channel)."""
+        return self.stream_to(f"cat {remote}", local, timeout)
+
+    def stream_to(self, cmd: str, local: Path, timeout: float = 60) -> bool:
+        """Run `cmd` in the guest and write its stdout, as bytes, to `local`."""
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             return False
         chan = transport.open_session(timeout=10)
-        chan.exec_command(f"cat {remote}")
+        chan.exec_command(cmd)
         chan.settimeout(timeout)
         with open(local, "wb") as f:
             try:

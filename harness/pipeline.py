@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import build as build_mod
-from . import cache, image as image_mod, kconfig, series as series_mod, source, vm as vm_mod
+from . import cache, capture, image as image_mod, kconfig, series as series_mod, source, vm as vm_mod
 from .checks import health
+from .checks.consistency import check_files
 from .errors import (EXIT_BOOT, EXIT_INFRA, EXIT_OK, EXIT_SKIPPED, EXIT_TEST_FAILED, BootError, GuestError,
                      HarnessError, Interrupted, UsageError)
 from .guest import Guest, console_tail
@@ -38,8 +39,10 @@ class RunRequest:
     plan: WorkloadPlan = field(default_factory=WorkloadPlan)
     boot_deadline_s: float = 60.0
     smp: int = 2
-    memory: str = "2G"
+    memory: str = "3G"
     extra_append: list[str] = field(default_factory=list)
+    consistency: str = "auto"   # auto: check wherever the guest kernel carries the instrumentation; off
+    capture: capture.CaptureSettings = field(default_factory=capture.CaptureSettings)
 
 
 @dataclass
@@ -128,6 +131,7 @@ def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: fl
     (out / f"dmesg-{tag}.txt").write_text(dmesg)
     findings = health.scan(dmesg, f"dmesg-{tag}.txt")
     fp = {"vendor": facts.vendor, "nested": facts.nested, "tdp": facts.tdp, "tdp_mmu": facts.tdp_mmu,
+          "instrumented": raw.get("instrumented") == "1",
           "guest_kernel": raw.get("release", ""), "kvm_log": facts.kvm_lines, "ssh_ready_s": round(ssh_ready_s, 2)}
     problems = facts.problems(mode)
     res = TestResult(f"kvm.{mode.name}.boot", PASS, ssh_ready_s, evidence={"fingerprint": fp},
@@ -142,11 +146,36 @@ def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: fl
     return res, fp
 
 
-def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: Path, tag: str) -> TestResult:
+def _consistency_case(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str) -> TestResult:
+    """The bitmap/counter verdict for one workload run, from the captured dumps and trace."""
+    res = TestResult(f"{path}.consistency", ERROR)
+    if cap is None or cap.error or why_not:
+        res.reason = why_not or (cap.error if cap else "no capture")
+        return res
+    verdict = check_files(cap.snapshots, cap.trace)
+    res.evidence = {"counts": verdict.counts, "vanished_dumps": cap.vanished, "ring_buffer_lost": cap.ring_lost,
+                    "capture_dir": str(cap.dir)}
+    res.status, res.reason = verdict.status, verdict.reason
+    if cap.ring_lost and res.status != "FAIL":
+        res.status = ERROR
+        res.reason = f"the trace ring buffer lost {cap.ring_lost} events; {verdict.reason}"
+    if res.status == SKIP and mode.reaches_patched_code:
+        # A mode that should reach the shadow MMU showed none of it: that is not a skip.
+        res.status, res.reason = ERROR, f"mode {mode.name} should reach the patched code but: {verdict.reason}"
+    res.output = "\n\n".join(str(i) for i in verdict.inconsistencies)
+    return res
+
+
+def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: Path, tag: str,
+                  check: bool = False, settings: capture.CaptureSettings | None = None) -> list[TestResult]:
     path = w.path(mode.name)
     console_mark = len(vm.console())
     log.info("running %s: %s", path, w.command())
     res = TestResult(path, PASS, command=w.command())
+    cap: capture.Captured | None = None
+    why_not = ""
+    if check:
+        why_not = capture.start(guest, settings or capture.CaptureSettings())
     try:
         r = guest.run(w.command(), w.timeout_s)
     except GuestError as e:
@@ -157,7 +186,7 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: 
         res.reason = "; ".join(f.summary() for f in findings) if findings else f"lost the guest: {e}"
         res.output = "\n".join(f.excerpt for f in findings) or console_tail(vm)
         res.evidence["guest_lost"] = True
-        return res
+        return [res] + ([_consistency_case(path, mode, None, "guest lost during the workload")] if check else [])
     res.duration_s = r.seconds
     res.output = (r.stdout + r.stderr)[-20000:]
     with open(out / f"workloads-{tag}.log", "a") as f:
@@ -165,7 +194,10 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: 
     if r.timed_out:
         res.status, res.timed_out = ERROR, True
         res.reason = f"timeout after {w.timeout_s:.0f} s"
-        return res
+        return [res] + ([_consistency_case(path, mode, None, "workload timed out")] if check else [])
+    if check and not why_not:
+        safe = path.replace("/", "_")
+        cap = capture.stop_and_fetch(guest, out / "capture" / safe)
     if r.rc == KSFT_PASS:
         res.status = PASS
     elif r.rc == KSFT_SKIP:
@@ -192,13 +224,16 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: 
         else:
             res.reason += "; kernel reported: " + "; ".join(f.summary() for f in findings)
         res.output += "\n" + "\n".join(f.excerpt for f in findings)
-    return res
+    if check:
+        return [res, _consistency_case(path, mode, cap, why_not)]
+    return [res]
 
 
 def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: dict[str, object]) -> list[TestResult]:
     results: list[TestResult] = []
     pending = req.plan.selected(mode.name)
     boot_no = 0
+    do_check = False
     while True:
         boot_no += 1
         tag = mode.name if boot_no == 1 else f"{mode.name}-{boot_no}"
@@ -222,11 +257,19 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
                     return results
             else:
                 guest.check("dmesg -c >/dev/null", 30)
+            if boot_no == 1:
+                instrumented = bool(fp.get("instrumented"))
+                do_check = req.consistency == "auto" and instrumented
+                if req.consistency == "auto" and not instrumented and _series_has_instrumentation(p):
+                    results += [TestResult(f"{w.path(mode.name)}.consistency", ERROR,
+                                           reason="the instrumentation series was applied but the guest has no "
+                                                  "kvmmmu:kvm_mmu_pw_spte tracepoint") for w in pending]
             restart = False
             while pending:
                 w = pending.pop(0)
-                res = _run_workload(guest, vm, w, mode, out, tag)
-                results.append(res)
+                res_list = _run_workload(guest, vm, w, mode, out, tag, do_check, req.capture)
+                results += res_list
+                res = res_list[0]
                 if res.timed_out or res.evidence.get("guest_lost"):
                     restart = True  # the rest goes on in a fresh VM
                     break
@@ -234,6 +277,10 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
                 return results
         finally:
             _shutdown(vm, guest)
+
+
+def _series_has_instrumentation(p: Prepared) -> bool:
+    return any(s.get("name") == "instrumentation" for s in p.build.meta.get("series", []))  # type: ignore[union-attr]
 
 
 def exit_code(results: list[TestResult]) -> int:

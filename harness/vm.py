@@ -129,7 +129,8 @@ class VMSpec:
 
 def qemu_command(spec: VMSpec, console_log: Path, qmp_sock: Path) -> list[str]:
     """The full QEMU command line (pure: no side effects, easy to test and to print)."""
-    cmd = [QEMU, "-name", spec.name, "-machine", "pc", "-accel", spec.accel.name, "-cpu", spec.accel.cpu,
+    # No PS/2 controller or SMBus: nothing to probe at boot, nothing the tests use.
+    cmd = [QEMU, "-name", spec.name, "-machine", "pc,i8042=off,smbus=off,vmport=off", "-accel", spec.accel.name, "-cpu", spec.accel.cpu,
            "-smp", str(spec.smp), "-m", spec.memory, "-nodefaults", "-display", "none", "-no-reboot",
            "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
            "-append", " ".join(BASE_APPEND + spec.append),

@@ -139,6 +139,7 @@ echo "nested=$(cat $p/nested 2>/dev/null)"
 [ "$v" = kvm_intel ] && echo "tdp=$(cat $p/ept 2>/dev/null)"
 echo "tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)"
 echo "release=$(uname -r)"
+[ -d /sys/kernel/tracing/events/kvmmmu/kvm_mmu_pw_spte ] && echo instrumented=1 || echo instrumented=0
 dmesg | grep -E 'kvm(_amd|_intel)?:' | sed 's/^/kvm_line=/'
 """
 

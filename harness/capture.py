@@ -1,0 +1,132 @@
+"""Evidence capture in the guest around one workload: the kvmmmu trace and pw_sptes snapshots.
+
+Before the workload: the instrumentation's trace events on, the ring buffer
+cleared and sized so nothing is lost (no overwrite: a full buffer drops new
+events and counts them), and a background loop that dumps every live VM's
+pw_sptes file at a fixed interval. After it: the loop stopped, tracing off,
+the ring buffer's per-CPU loss counters read, and everything packed into one
+tar.gz brought back to the artifacts. Losses are reported, never hidden: the
+checker turns them into an ERROR.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .guest import Guest
+
+TRACING = "/sys/kernel/tracing"
+EVENTS = ("kvm_mmu_pw_spte", "kvm_mmu_pw_page")
+CAP = "/tmp/kvm-harness-capture"
+
+
+@dataclass
+class CaptureSettings:
+    buffer_kb_per_cpu: int = 65536
+    snapshot_interval_s: float = 0.5
+
+
+def start_script(s: CaptureSettings) -> str:
+    enable = "\n".join(f"echo 1 > $T/events/kvmmmu/{e}/enable || exit 3" for e in EVENTS)
+    return f"""
+T={TRACING}
+for e in {' '.join(EVENTS)}; do
+  [ -d $T/events/kvmmmu/$e ] || {{ echo "instrumentation missing: no kvmmmu:$e tracepoint"; exit 3; }}
+done
+rm -rf {CAP}; mkdir -p {CAP}/snapshots
+echo 0 > $T/tracing_on
+echo 0 > $T/options/overwrite
+echo {s.buffer_kb_per_cpu} > $T/buffer_size_kb
+echo > $T/trace
+{enable}
+echo 1 > $T/tracing_on
+# Snapshot loop: every live VM's dump; a dump whose VM vanished mid-read has
+# no 'end' line and is counted (vanished), not kept.
+(
+  n=0
+  while [ ! -e {CAP}/stop ]; do
+    for f in /sys/kernel/debug/kvm/*/pw_sptes; do
+      [ -e "$f" ] || continue
+      n=$((n+1))
+      out={CAP}/snapshots/$(printf %06d $n)-$(basename $(dirname $f)).txt
+      if cat "$f" > $out 2>/dev/null && tail -n 1 $out | grep -q '^end '; then
+        gzip -1 $out
+      else
+        rm -f $out; echo x >> {CAP}/vanished
+      fi
+    done
+    sleep {s.snapshot_interval_s}
+  done
+  touch {CAP}/stopped
+) >/dev/null 2>&1 &
+echo started
+"""
+
+
+def stop_script() -> str:
+    return f"""
+T={TRACING}
+touch {CAP}/stop
+i=0; while [ ! -e {CAP}/stopped ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo 0 > $T/tracing_on
+for e in {' '.join(EVENTS)}; do echo 0 > $T/events/kvmmmu/$e/enable; done
+for c in $T/per_cpu/cpu*; do echo "$(basename $c) $(grep -E 'overrun|dropped events' $c/stats | tr '\\n' ' ')"; done > {CAP}/ring-stats.txt
+gzip -1 -c $T/trace > {CAP}/trace.txt.gz
+echo > $T/trace
+[ -e {CAP}/vanished ] && wc -l < {CAP}/vanished > {CAP}/vanished-count || echo 0 > {CAP}/vanished-count
+rm -f {CAP}/vanished {CAP}/stop {CAP}/stopped
+echo done
+"""
+
+
+_STAT = re.compile(r"(overrun|dropped events):\s*(\d+)")
+
+
+def ring_losses(stats_text: str) -> int:
+    """Events the ring buffer overwrote or dropped, summed over CPUs (0 is the only good answer)."""
+    return sum(int(m.group(2)) for m in _STAT.finditer(stats_text))
+
+
+@dataclass
+class Captured:
+    dir: Path
+    snapshots: list[Path] = field(default_factory=list)
+    trace: Path | None = None
+    ring_lost: int = 0
+    vanished: int = 0
+    error: str = ""
+
+
+def start(guest: Guest, settings: CaptureSettings) -> str:
+    """Returns "" when capture runs, else why not (e.g. instrumentation missing)."""
+    r = guest.run(start_script(settings), 60)
+    if r.rc != 0 or "started" not in r.stdout:
+        return (r.stdout + r.stderr).strip() or f"capture start failed (exit {r.rc})"
+    return ""
+
+
+def stop_and_fetch(guest: Guest, local_dir: Path) -> Captured:
+    cap = Captured(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    r = guest.run(stop_script(), 300)
+    if r.rc != 0:
+        cap.error = f"capture stop failed: {(r.stdout + r.stderr).strip()[-300:]}"
+        return cap
+    tarball = local_dir / "capture.tar"
+    ok = guest.stream_to(f"tar -C {CAP} -cf - .", tarball, timeout=300)
+    if not ok:
+        cap.error = "could not fetch the capture from the guest"
+        return cap
+    with tarfile.open(tarball) as tf:
+        tf.extractall(local_dir, filter="data")
+    tarball.unlink()
+    cap.snapshots = sorted((local_dir / "snapshots").glob("*.txt.gz"))
+    cap.trace = local_dir / "trace.txt.gz"
+    stats = (local_dir / "ring-stats.txt").read_text() if (local_dir / "ring-stats.txt").exists() else ""
+    cap.ring_lost = ring_losses(stats)
+    vc = local_dir / "vanished-count"
+    cap.vanished = int(vc.read_text().strip() or 0) if vc.exists() else 0
+    return cap
