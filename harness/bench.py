@@ -1,0 +1,130 @@
+"""Benchmark of the pw-bitmap checker on a synthetic capture: `python -m harness.bench [--events N] [--pages N]`.
+
+Why: a real run traces millions of spte changes and dumps thousands of pages; the check must stay a small
+part of a run. Each stage is timed separately (trace parse, replay, dump parse + self-check, the whole
+check_files) so a slow figure points at its stage. The data come from harness.checks.synth with a fixed
+seed and are checked for PASS first: a benchmark of input the checker rejects would measure nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from harness.checks.consistency import PASS, check, check_files, check_snapshot, gc_paused
+from harness.checks.debugfs import parse_dump
+from harness.checks.synth import SynthCapture, generate
+from harness.checks.trace import PageEvent, SpteEvent, parse_trace
+
+
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """Time fn() under the GC policy check_files() uses, so the stages add up to the whole."""
+    gc.collect()
+    with gc_paused():
+        t0 = time.perf_counter()
+        result = fn()
+        return result, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000, help="trace events to generate (default 1e6)")
+    ap.add_argument("--pages", type=int, default=10_000, help="pages in the big VM's dump (default 10000)")
+    ap.add_argument("--fill", type=float, default=None,
+                    help="mean populated sptes per page (default: ~40%% of the events populate the big VM)")
+    ap.add_argument("--seed", type=int, default=20241125)
+    ap.add_argument("--keep", action="store_true", help="keep the generated files and print their directory")
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
+    trace_path = tmp / "trace.txt"
+    (cap, t_gen) = _timed(lambda: _generate(trace_path, args))
+    dump_paths = []
+    for i, text in enumerate(cap.dumps):
+        p = tmp / f"pw_sptes.{i}.txt"
+        p.write_text(text)
+        dump_paths.append(p)
+    big_text = cap.dumps[cap.big_dump_index]
+
+    # 1. trace parse: lines -> events
+    def parse() -> list[SpteEvent | PageEvent]:
+        with open(trace_path) as f:
+            return list(parse_trace(f))
+    events, t_parse = _timed(parse)
+    # 2. replay: check() on parsed events and the small dumps only (the big dump is timed in 3.)
+    small = [parse_dump(t, f"dump{i}") for i, t in enumerate(cap.dumps) if i != cap.big_dump_index]
+    verdict_replay, t_replay = _timed(lambda: check(small, events))
+    # 3. one big dump: parse, then self-check
+    big, t_dump_parse = _timed(lambda: parse_dump(big_text, "big"))
+    incs, t_dump_check = _timed(lambda: check_snapshot(big))
+    # 4. all of it from the files, as the pipeline calls it
+    del events
+    verdict, t_all = _timed(lambda: check_files(dump_paths, trace_path))
+
+    ok = verdict.status == PASS and verdict_replay.status == PASS and not incs
+    n_ev = cap.events
+    n_lines = cap.trace_lines
+    rows = [
+        ("generate (synth, not the checker)", t_gen, f"{n_ev:,} events, {n_lines:,} trace lines"),
+        ("trace parse", t_parse, f"{n_lines / t_parse:,.0f} lines/s"),
+        ("replay (check(): sort, replay, small dumps)", t_replay, f"{n_ev / t_replay:,.0f} events/s"),
+        ("dump parse (big VM)", t_dump_parse,
+         f"{cap.big_vm_pages / t_dump_parse:,.0f} pages/s, {cap.big_vm_sptes / t_dump_parse:,.0f} sptes/s"),
+        ("dump self-check (big VM)", t_dump_check,
+         f"{cap.big_vm_pages / t_dump_check:,.0f} pages/s, {cap.big_vm_sptes / t_dump_check:,.0f} sptes/s"),
+        ("dump parse + check (big VM)", t_dump_parse + t_dump_check,
+         f"{cap.big_vm_pages / (t_dump_parse + t_dump_check):,.0f} pages/s"),
+        ("check_files (everything)", t_all, f"{n_ev / t_all:,.0f} events/s end to end"),
+    ]
+    print(f"machine: nproc {len(os.sched_getaffinity(0))} ({os.cpu_count()} CPUs), {_cpu_model()},"
+          f" Python {platform.python_version()} ({platform.python_implementation()})")
+    print(f"data: {n_ev:,} events over {verdict.counts['pages_replayed']:,} page lifetimes in"
+          f" {verdict.counts['vms']} VMs; big dump {cap.big_vm_pages:,} pages, {cap.big_vm_sptes:,} sptes"
+          f" ({cap.big_vm_sptes / max(1, cap.big_vm_pages):.0f}/page, {len(big_text) / 2**20:.1f} MiB);"
+          f" {len(cap.dumps)} dumps; seed {args.seed}")
+    w = max(len(r[0]) for r in rows)
+    print(f"{'stage':<{w}}  {'seconds':>8}  rate")
+    for name, secs, rate in rows:
+        print(f"{name:<{w}}  {secs:8.3f}  {rate}")
+    print(f"verdict: {verdict.status}: {verdict.reason}")
+    if args.keep:
+        print(f"files kept in {tmp}")
+    else:
+        for p in [*dump_paths, trace_path]:
+            p.unlink()
+        tmp.rmdir()
+    if not ok:
+        print("error: the synthetic capture did not PASS; the figures above are not meaningful", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _generate(path: Path, args: argparse.Namespace) -> SynthCapture:
+    with open(path, "w") as f:
+        return generate(f, events=args.events, pages=args.pages, mean_fill=args.fill, seed=args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
