@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 KH := $(VENV)/bin/kvm-harness
 ARGS ?=
 
-.PHONY: setup boot-test shell test unit-test integration-test bench clean-results
+.PHONY: setup boot-test shell test unit-test integration-test bench clean-results mutation-test measure
 
 setup:
 	./scripts/setup.sh
@@ -34,3 +34,11 @@ $(KH):
 
 clean-results:
 	rm -rf results
+
+# Negative controls: every kernel-patches/mutants/* must be reported inconsistent, the clean port not.
+mutation-test: $(KH)
+	$(PY) -m harness.mutation $(ARGS)
+
+# The boot-test figures of the README: cold (empty cache) then warm.
+measure: $(KH)
+	$(PY) -m harness.measure --cold $(ARGS)
