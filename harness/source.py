@@ -126,7 +126,9 @@ def from_tree(tree: Path, root: Path) -> Workspace:
     check_tree(tree)
     commit = proc.run(["git", "-C", str(tree), "rev-parse", "HEAD"]).stdout.strip()
     describe = proc.run(["git", "-C", str(tree), "describe", "--always", "--tags", "HEAD"]).stdout.strip()
-    dirty = bool(proc.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"]).stdout.strip())
+    # --no-optional-locks: plain `git status` would refresh (rewrite) the user's index.
+    dirty = bool(proc.run(["git", "--no-optional-locks", "-C", str(tree), "status", "--porcelain",
+                           "--untracked-files=no"]).stdout.strip())
     if dirty:
         log.warning("%s has uncommitted changes: they are NOT built (the harness builds HEAD %s)",
                     tree, commit[:12])

@@ -1,0 +1,67 @@
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import source
+from harness.errors import UsageError
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def user_tree(tmp_path: Path) -> Path:
+    """A minimal kernel-shaped git tree standing in for a user's checkout."""
+    t = tmp_path / "linux"
+    (t / "arch/x86/kvm").mkdir(parents=True)
+    (t / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 13\nSUBLEVEL = 0\nEXTRAVERSION = -rc1\nNAME = Baby\n")
+    (t / "arch/x86/kvm/mmu.c").write_text("int x;\n")
+    _git(t, "init", "-q")
+    _git(t, "add", "-A")
+    _git(t, "commit", "-q", "-m", "base")
+    _git(t, "tag", "v6.13-rc1")
+    return t
+
+
+def _fingerprint(repo: Path) -> tuple:
+    git = repo / ".git"
+    files = sorted((p.relative_to(git), p.stat().st_mtime_ns) for p in git.rglob("*") if p.is_file())
+    return subprocess.run(["git", "--no-optional-locks", "-C", str(repo), "status", "--porcelain"], check=True,
+                          capture_output=True, text=True).stdout, files
+
+
+def test_tree_is_cloned_not_touched(tmp_path, user_tree):
+    (user_tree / "arch/x86/kvm/mmu.c").write_text("int y; /* uncommitted */\n")
+    before = _fingerprint(user_tree)
+    ws = source.from_tree(user_tree, tmp_path / "cache")
+    assert _fingerprint(user_tree) == before, "the user's repository changed"
+    assert ws.identity["commit"] == _git(user_tree, "rev-parse", "HEAD")
+    assert ws.identity["describe"] == "v6.13-rc1" and ws.identity["dirty"] is True
+    ws.reset()
+    source.finish_identity(ws)
+    assert ws.identity["version"] == "6.13.0-rc1"
+    # the workspace has the committed content, not the uncommitted edit
+    assert (ws.src / "arch/x86/kvm/mmu.c").read_text() == "int x;\n"
+    assert ws.src.is_relative_to(tmp_path / "cache")
+
+
+def test_tree_errors_name_the_path(tmp_path):
+    with pytest.raises(UsageError, match="kernel tree not found"):
+        source.check_tree(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UsageError, match="not a git repository"):
+        source.check_tree(tmp_path / "plain")
+
+
+def test_missing_tarball_names_it_and_the_setup(tmp_path):
+    with pytest.raises(UsageError, match="tarball not found: .*nope.tar.xz"):
+        source.check_tarball(tmp_path / "nope.tar.xz")
+
+
+def test_kernel_version_reads_the_makefile(tmp_path):
+    (tmp_path / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\nEXTRAVERSION =\nNAME = Baby Opossum Posse\n")
+    assert source.kernel_version(tmp_path) == "6.12.117"
