@@ -31,12 +31,34 @@ def _run(args: list[str], env: dict[str, str], results: Path) -> dict[str, objec
     return meta
 
 
+def boots(n: int, mode: str, results: Path) -> int:
+    """QEMU start to SSH ready, n boots of the cached kernel (`kvm-harness shell -- true`)."""
+    import re
+    times = []
+    for _ in range(n):
+        r = subprocess.run([sys.executable, "-m", "harness", "shell", "--mode", mode, "--results", str(results),
+                            "--", "true"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        m = re.search(r"ready over SSH in (\d+\.\d+)s", r.stderr)
+        if r.returncode != 0 or not m:
+            print(f"boot failed (exit {r.returncode}): {r.stderr[-500:]}")
+            return 1
+        times.append(float(m.group(1)))
+    times.sort()
+    print(f"QEMU start -> SSH ready, {n} boots ({mode}): min {times[0]:.2f} s, median {times[len(times) // 2]:.2f} s,"
+          f" max {times[-1]:.2f} s; machine: {os.cpu_count()} CPUs")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.measure", description=__doc__)
+    ap.add_argument("--boots", type=int, default=0, help="only measure QEMU start to SSH ready over N boots")
+    ap.add_argument("--mode", default="tdp_mmu", help="MMU mode for --boots")
     ap.add_argument("--cold", action="store_true", help="first run on an empty cache root (a full cold build)")
     ap.add_argument("--results", type=Path, default=Path("results/measure"))
     ap.add_argument("args", nargs=argparse.REMAINDER, help="options passed to boot-test")
     a = ap.parse_args(argv)
+    if a.boots:
+        return boots(a.boots, a.mode, a.results)
     env = dict(os.environ)
     tmp_cache = None
     if a.cold:
