@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import cache, kconfig, proc, series as series_mod
-from .errors import BuildError, HarnessError
+from .errors import BuildError
 from .source import Workspace
 
 log = logging.getLogger("kvm-harness")
@@ -60,12 +60,22 @@ class BuildResult:
         return self.dir / "selftests"
 
 
-def first_compiler_error(log_text: str) -> str:
+def first_compiler_error(log_text: str, src: Path | None = None) -> str:
+    """The first `file:line: error:` of a build log (file relative to the source tree), else make's error."""
     m = _CC_ERROR.search(log_text)
     if m:
-        return f"{m.group('file')}:{m.group('line')}: error: {m.group('msg')}"
+        return f"{_relative(m.group('file'), src)}:{m.group('line')}: error: {m.group('msg')}"
     m = _MAKE_ERROR.search(log_text)
     return m.group(0) if m else (log_text.strip().splitlines() or ["(empty build log)"])[-1]
+
+
+def _relative(path: str, src: Path | None) -> str:
+    """`/cache/.../src/arch/x86/kvm/mmu/mmu.c` or `../src/arch/...` -> `arch/x86/kvm/mmu/mmu.c`."""
+    if src is not None:
+        for prefix in (f"{src}/", f"../{src.name}/"):
+            if path.startswith(prefix):
+                return path[len(prefix):]
+    return path
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -86,9 +96,18 @@ def _env(root: Path) -> dict[str, str]:
 def _make(req: BuildRequest, root: Path, args: list[str], logfile: Path, what: str,
           cwd: Path | None = None) -> None:
     r = proc.run(["make", *args], cwd=cwd, env=_env(root), logfile=logfile)
+    proc.check_interrupted()
     if r.returncode != 0:
-        raise BuildError(f"{what} failed: {first_compiler_error(r.stdout)} (full log: {logfile})",
-                         detail=r.stdout[-20000:])
+        raise BuildError(f"{what} failed: {first_compiler_error(r.stdout, req.workspace.src)} "
+                         f"(full log: {logfile})", detail=r.stdout[-20000:])
+
+
+def _reset_quietly(ws: Workspace) -> None:
+    try:
+        ws.reset()
+        log.info("workspace %s reset to its base %s", ws.src, ws.base_commit[:12])
+    except Exception as e:  # never hide the error that got us here
+        log.error("could not reset the workspace %s: %s", ws.src, e)
 
 
 def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
@@ -120,8 +139,9 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                                   "EXTRA_CFLAGS=-static", "LDFLAGS=-static", *[str(kst / t) for t in SELFTESTS]],
                       logfile, "KVM selftests build")
                 t_selftests = time.monotonic()
-            except HarnessError:
-                ws.reset()
+            except BaseException:
+                # Failed or interrupted: no half-applied series stays in the workspace.
+                _reset_quietly(ws)
                 raise
             shutil.copy2(ws.obj / "arch/x86/boot/bzImage", out / "bzImage")
             shutil.copy2(ws.obj / ".config", out / "config")

@@ -24,8 +24,15 @@ log = logging.getLogger("kvm-harness")
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    proc.kill_all_children()
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+    """SIGINT/SIGTERM: stop the run where it is; every stage's cleanup then runs
+    (make and gcc get SIGTERM, QEMU SIGKILL, the workspace is reset), bounded in
+    time. A second signal during that cleanup is ignored, not allowed to cut it short."""
+    name = signal.Signals(signum).name
+    if not proc.note_interrupt(name):
+        log.warning("%s again: still cleaning up (QEMU and child processes are being stopped)", name)
+    elif not proc.interrupts_deferred():
+        raise Interrupted(f"interrupted by {name}")
+    # else: raised when the critical call (a QMP exchange) returns
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -56,6 +63,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=240.0, help="per-test timeout in seconds")
     g.add_argument("--consistency", choices=("auto", "off"), default="auto",
                    help="auto: capture dumps + trace and check the bitmap wherever the guest kernel is instrumented")
+    g.add_argument("--workload-cmd", action="append", default=[], metavar="NAME=CMD",
+                   help="testing hook: also run this guest shell command as test kvm.<mode>.cmd.NAME "
+                        "(with --timeout; used to simulate a hang or a killed VM)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every command line")
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default ./results)")
 
@@ -73,6 +83,7 @@ def request_from(args: argparse.Namespace) -> pipeline.RunRequest:
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
         results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,
         extra_append=list(args.append), consistency=args.consistency,
+        extra_workloads=[pipeline.parse_workload_cmd(w) for w in args.workload_cmd],
         plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
                           only=tuple(args.only)))
 
@@ -103,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     # paramiko logs every refused early connection attempt at ERROR; the
     # harness reports what matters (deadline, panic) itself.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    # qemu.qmp narrates its connection (e.g. "end-of-file" when QEMU exits); the harness reports QEMU's end itself.
+    logging.getLogger("qemu.qmp").setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:

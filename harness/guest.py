@@ -8,6 +8,7 @@ is refused, never auto-accepted.
 from __future__ import annotations
 
 import logging
+import re
 import select
 import socket
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import paramiko
 
+from . import proc
 from .errors import BootError, GuestError
 from .vm import PANIC_RE, VM
 
@@ -52,32 +54,41 @@ class Guest:
         pkey = paramiko.ECDSAKey.from_private_key_file(str(key_file))
         t0 = time.monotonic()
         deadline = t0 + deadline_s
-        last_err = ""
+        last_err = "none yet (no attempt before the init's sshd line)"
         while True:
-            if vm.panicked() or PANIC_RE.search(vm.console()):
-                m = PANIC_RE.search(vm.console())
-                raise BootError(f"guest kernel panicked during boot: {m.group(0) if m else 'GUEST_PANICKED'}",
-                                detail=console_tail(vm))
+            proc.check_interrupted()
+            console = vm.console()
+            if vm.panicked() or PANIC_RE.search(console):
+                console = vm.console()
+                m = PANIC_RE.search(console)
+                raise BootError(f"guest kernel panicked during boot: {m.group(0).strip() if m else 'GUEST_PANICKED'}",
+                                detail=panic_excerpt(console) or console_tail(vm))
             if not vm.alive():
-                raise BootError(f"QEMU exited during boot (code {vm.proc.returncode if vm.proc else '?'}); "
-                                f"qemu: {vm.qemu_tail()}", detail=console_tail(vm))
-            if time.monotonic() > deadline:
-                raise BootError(f"guest sshd did not answer within {deadline_s:.0f} s (last: {last_err})",
+                raise BootError(f"QEMU exited during boot ({vm.exit_description()}); "
+                                f"qemu: {vm.qemu_tail() or 'no output'}; console: {last_line(console)}",
+                                detail=console_tail(vm))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                init = "init started sshd" if SSHD_MARKER in console else \
+                    f"the init never printed {SSHD_MARKER!r}"
+                raise BootError(f"guest sshd did not answer within {deadline_s:g} s (--boot-deadline): {init}; "
+                                f"last SSH error: {last_err}; console ends: {last_line(console)}",
                                 detail=console_tail(vm))
             # Connecting before the guest's network is up costs a whole banner
             # timeout (slirp accepts, then waits on the guest), so wait for the
             # init's console line; without it (another image) try after 15 s.
-            if SSHD_MARKER not in vm.console() and time.monotonic() - t0 < 15:
+            if SSHD_MARKER not in console and time.monotonic() - t0 < 15:
                 time.sleep(0.05)
                 continue
             client = paramiko.SSHClient()
             client.load_host_keys(str(known_hosts))
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            step = max(0.5, min(left, 3.0))   # no attempt outlives the deadline by much
             try:
                 # known_hosts names the guest by alias; map the forwarded port to it.
-                sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+                sock = socket.create_connection(("127.0.0.1", port), timeout=step)
                 client.connect(HOST_ALIAS, port=22, username="root", pkey=pkey, sock=sock,
-                               timeout=2, banner_timeout=3, auth_timeout=5,
+                               timeout=step, banner_timeout=step, auth_timeout=max(step, 5.0),
                                allow_agent=False, look_for_keys=False)
                 client.get_transport().set_keepalive(5)  # type: ignore[union-attr]
                 return cls(client, port)
@@ -104,6 +115,7 @@ class Guest:
         deadline = t0 + timeout
         rc: int | None = None
         while True:
+            proc.check_interrupted()
             left = deadline - time.monotonic()
             if left <= 0:
                 chan.close()
@@ -115,6 +127,10 @@ class Guest:
                 err += chan.recv_stderr(65536)
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 rc = chan.recv_exit_status()
+                if rc == -1 and _transport_died(transport):
+                    # paramiko closes the channels of a dead connection with status -1:
+                    # the guest (or QEMU) went away, the command did not exit.
+                    raise GuestError(f"SSH connection lost while running {cmd!r}")
                 break
             if not transport.is_active():
                 raise GuestError(f"SSH connection lost while running {cmd!r}")
@@ -139,20 +155,30 @@ class Guest:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             return False
-        chan = transport.open_session(timeout=10)
-        chan.exec_command(cmd)
-        chan.settimeout(timeout)
-        with open(local, "wb") as f:
-            try:
-                while True:
-                    data = chan.recv(1 << 20)
+        deadline = time.monotonic() + timeout
+        try:
+            chan = transport.open_session(timeout=10)
+            chan.exec_command(cmd)
+            chan.settimeout(min(timeout, 10.0))
+            with open(local, "wb") as f:
+                while time.monotonic() < deadline:
+                    try:
+                        data = chan.recv(1 << 20)
+                    except socket.timeout:
+                        continue
                     if not data:
                         break
                     f.write(data)
-            except socket.timeout:
-                chan.close()
-                return False
-        return chan.recv_exit_status() == 0
+                else:
+                    chan.close()
+                    return False
+            return chan.recv_exit_status() == 0
+        except (paramiko.SSHException, OSError, EOFError):
+            return False
+
+    def alive(self) -> bool:
+        transport = self.client.get_transport()
+        return transport is not None and transport.is_active()
 
     def close(self) -> None:
         try:
@@ -161,5 +187,39 @@ class Guest:
             pass
 
 
+# Terminal escapes and control characters a console may carry (a shell's
+# cursor query, say): invalid in XML reports, noise anywhere else.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def _transport_died(transport: paramiko.Transport, grace_s: float = 2.0) -> bool:
+    """Did the connection die? (paramiko unlinks the channels before it marks itself inactive.)"""
+    end = time.monotonic() + grace_s
+    while True:
+        if not transport.is_active() or getattr(transport, "saved_exception", None) is not None:
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+
+
 def console_tail(vm: VM, n: int = 40) -> str:
-    return "\n".join(vm.console().splitlines()[-n:])
+    return printable("\n".join(vm.console().splitlines()[-n:]))
+
+
+def last_line(console: str) -> str:
+    lines = [ln.strip() for ln in printable(console).splitlines() if ln.strip()]
+    return repr(lines[-1][:200]) if lines else "(console empty)"
+
+
+def panic_excerpt(console: str, before: int = 5, after: int = 30) -> str:
+    """The panic line with a few lines before it (the cause) and its backtrace after."""
+    lines = printable(console).splitlines()
+    for i, line in enumerate(lines):
+        if PANIC_RE.search(line):
+            return "\n".join(lines[max(0, i - before):i + after])
+    return ""

@@ -53,12 +53,16 @@ class ConfigRequest:
         if self.base not in BASES:
             raise UsageError(f"unknown config base {self.base!r} (choose from {', '.join(BASES)})")
         for f in self.user_fragments:
-            if not f.is_file():
+            if not f.exists():
                 raise UsageError(f"config fragment not found: {f}")
+            if not f.is_file():
+                raise UsageError(f"config fragment is not a regular file: {f}")
             try:
                 text = f.read_text()
             except OSError as e:
                 raise UsageError(f"config fragment unreadable: {f}: {e.strerror}") from e
+            except UnicodeDecodeError as e:
+                raise UsageError(f"config fragment unreadable: {f}: not text ({e.reason} at byte {e.start})") from e
             for n, line in enumerate(text.splitlines(), 1):
                 s = line.strip()
                 if s and not s.startswith("#") and not _SET.match(s):
@@ -100,6 +104,15 @@ def parse_config(text: str) -> dict[str, str]:
     return have
 
 
+_IDENT = re.compile(r"\b[A-Z][A-Z0-9_]+\b")
+
+
+def dependency_values(deps: list[str], have: dict[str, str]) -> str:
+    """`depends on A && (B || C)` with each symbol's value in the final .config: 'A=y, B=n, C=n'."""
+    names = list(dict.fromkeys(n for d in deps for n in _IDENT.findall(d) if n not in ("y", "m", "n")))
+    return ", ".join(f"{n}={have.get('CONFIG_' + n, 'n')}" for n in names)
+
+
 def kconfig_depends(src: Path, symbol: str) -> list[str]:
     """The `depends on` lines of `symbol`'s Kconfig entry (best effort, for the message)."""
     name = symbol.removeprefix("CONFIG_")
@@ -119,12 +132,20 @@ def kconfig_depends(src: Path, symbol: str) -> list[str]:
     return deps
 
 
+_NOT_X86 = {"alpha", "arc", "arm", "arm64", "csky", "hexagon", "loongarch", "m68k", "microblaze", "mips", "nios2",
+            "openrisc", "parisc", "powerpc", "riscv", "s390", "sh", "sparc", "um", "xtensa"}
+
+
 def _kconfig_files(src: Path) -> list[Path]:
+    """Every Kconfig file of the tree that x86 can see (only read when a symbol is missing)."""
     out = []
-    for d in ("arch/x86", "drivers", "kernel", "mm", "fs", "net", "init", "lib", "virt", "security", "block"):
-        for root, _dirs, files in os.walk(src / d):
-            out.extend(Path(root) / f for f in files if f.startswith("Kconfig"))
-    out.append(src / "init" / "Kconfig")
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        if rel == Path("."):
+            dirs[:] = [d for d in dirs if d not in (".git", "Documentation", "tools", "LICENSES")]
+        elif rel == Path("arch"):
+            dirs[:] = [d for d in dirs if d not in _NOT_X86]
+        out.extend(Path(root) / f for f in files if f.startswith("Kconfig"))
     return out
 
 
@@ -139,8 +160,9 @@ def verify(src: Path, final_text: str, fragments: list[Path], base: str) -> list
             if got == val or (frag.name == "kvm_guest.config" and sym.removeprefix("CONFIG_") in exempt):
                 continue
             deps = kconfig_depends(src, sym)
-            dep = f"; Kconfig: depends on {' && '.join(deps)}" if deps else \
-                ("; no such symbol in this tree's Kconfig" if not _symbol_exists(src, sym) else "")
+            dep = f"; Kconfig: depends on {' && '.join(deps)} [{dependency_values(deps, have)}]" if deps else \
+                ("; no such symbol in this tree's Kconfig" if not _symbol_exists(src, sym) else
+                 "; no `depends on` of its own (see its enclosing menu/if/choice)")
             shown = "not set" if got == "n" else got
             problems.append(f"{sym}: requested {val}, got {shown} (from {frag.name}){dep}")
     return problems
@@ -153,12 +175,36 @@ def _symbol_exists(src: Path, sym: str) -> bool:
 
 
 def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
-    """Write obj/.config for `req` (keeping the old file and mtime if identical); return its text."""
+    """Write obj/.config for `req` (keeping the old file and mtime if identical); return its text.
+
+    The O= directory is shared by every build of the workspace: when this
+    fails (or is interrupted), obj/.config is put back as it was, content and
+    mtime, so the next good build stays incremental.
+    """
     obj.mkdir(parents=True, exist_ok=True)
     cfg = obj / ".config"
     prev = obj / ".config.harness-prev"
-    if cfg.exists():
+    had_config = cfg.exists()
+    if had_config:
         shutil.copy2(cfg, prev)
+    try:
+        text = _configure(src, obj, req, logfile)
+    except BaseException:
+        if had_config:
+            os.replace(prev, cfg)   # the previous file itself: same content, same mtime
+        else:
+            cfg.unlink(missing_ok=True)
+        raise
+    if had_config:
+        if filecmp.cmp(prev, cfg, shallow=False):
+            os.replace(prev, cfg)  # same content: keep the old mtime, make has nothing to redo
+        else:
+            prev.unlink()
+    return text
+
+
+def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
+    cfg = obj / ".config"
     target = BASES[req.base][0]
     frags = req.fragments(src)
     steps = [
@@ -174,10 +220,7 @@ def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
     text = cfg.read_text()
     problems = verify(src, text, frags, req.base)
     if problems:
-        raise ConfigError(f"{len(problems)} requested config symbol(s) not in the final .config:\n  "
-                          + "\n  ".join(problems))
-    if prev.exists():
-        if filecmp.cmp(prev, cfg, shallow=False):
-            shutil.copy2(prev, cfg)  # same content: keep the old mtime, make has nothing to redo
-        prev.unlink()
+        raise ConfigError(f"{len(problems)} requested config symbol(s) not in the final .config "
+                          f"(olddefconfig dropped them; nothing was compiled):\n  " + "\n  ".join(problems),
+                          detail=text)
     return text

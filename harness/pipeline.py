@@ -5,18 +5,20 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import build as build_mod
-from . import cache, capture, image as image_mod, kconfig, series as series_mod, source, vm as vm_mod
+from . import cache, capture, forensics, image as image_mod, kconfig, proc, series as series_mod, source
+from . import vm as vm_mod
 from .checks import health
 from .checks.consistency import check_files
 from .errors import (EXIT_BOOT, EXIT_INFRA, EXIT_OK, EXIT_SKIPPED, EXIT_TEST_FAILED, BootError, GuestError,
                      HarnessError, Interrupted, UsageError)
-from .guest import Guest, console_tail
+from .guest import Guest, console_tail, last_line, printable
 from .report import junit, kcidb, ktap, run_dir as run_dir_mod
 from .results import ERROR, FAIL, PASS, SKIP, TestResult
 from .workloads import (FACTS_SCRIPT, KSFT_PASS, KSFT_SKIP, MODES, MmuMode, Workload, WorkloadPlan,
@@ -43,6 +45,45 @@ class RunRequest:
     extra_append: list[str] = field(default_factory=list)
     consistency: str = "auto"   # auto: check wherever the guest kernel carries the instrumentation; off
     capture: capture.CaptureSettings = field(default_factory=capture.CaptureSettings)
+    extra_workloads: list[tuple[str, str]] = field(default_factory=list)   # --workload-cmd NAME=CMD
+
+
+@dataclass(frozen=True)
+class CommandWorkload:
+    """A testing hook (--workload-cmd NAME=CMD): any guest shell command run as a test.
+
+    Used by the fault tests to simulate a hang (`sleep 600`) or a victim for
+    a killed QEMU; its path is kvm.<mode>.cmd.<NAME>, it has the per-test
+    timeout and no consistency check.
+    """
+
+    variant: str
+    cmd: str
+    timeout_s: float
+    test: str = "cmd"
+
+    def path(self, mode: str) -> str:
+        return f"kvm.{mode}.cmd.{self.variant}"
+
+    def command(self) -> str:
+        return self.cmd
+
+
+_WORKLOAD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def parse_workload_cmd(spec: str) -> tuple[str, str]:
+    """NAME=CMD -> (NAME, CMD); a UsageError naming the problem otherwise."""
+    name, sep, cmd = spec.partition("=")
+    if not sep or not _WORKLOAD_NAME.match(name) or not cmd.strip():
+        raise UsageError(f"--workload-cmd wants NAME=COMMAND (NAME of letters, digits, - or _): {spec!r}")
+    return name, cmd
+
+
+def selected_workloads(req: RunRequest, mode: str) -> list[Workload | CommandWorkload]:
+    extra = [CommandWorkload(n, c, req.plan.timeout_s) for n, c in req.extra_workloads]
+    only = req.plan.only
+    return [*req.plan.selected(mode), *[w for w in extra if not only or any(o in w.path(mode) for o in only)]]
 
 
 @dataclass
@@ -62,16 +103,23 @@ def validate(req: RunRequest) -> list[series_mod.Series]:
         source.check_tarball(req.tarball)
     series = [series_mod.load_series(d) for d in req.series_dirs]
     req.config.validate()
+    if not req.modes:
+        raise UsageError("no MMU mode given (--modes)")
     for m in req.modes:
         if m not in MODES:
             raise UsageError(f"unknown MMU mode {m!r} (choose from {', '.join(MODES)})")
     if req.accel not in ("auto", "kvm", "tcg"):
         raise UsageError(f"unknown accelerator {req.accel!r} (auto, kvm or tcg)")
+    if req.boot_deadline_s <= 0 or req.plan.timeout_s <= 0:
+        raise UsageError("--boot-deadline and --timeout must be positive numbers of seconds")
+    names = [n for n, _ in req.extra_workloads]
+    if len(set(names)) != len(names):
+        raise UsageError(f"--workload-cmd names must be unique: {', '.join(names)}")
     return series
 
 
 def prepare(req: RunRequest, series: list[series_mod.Series], out: Path, meta: dict[str, object],
-            timings: dict[str, object]) -> Prepared:
+            timings: dict[str, object], accel: vm_mod.Accel | None = None) -> Prepared:
     root = cache.cache_root()
     t0 = time.monotonic()
     ws = source.from_tree(req.tree, root) if req.tree else source.from_tarball(req.tarball, root)
@@ -91,37 +139,60 @@ def prepare(req: RunRequest, series: list[series_mod.Series], out: Path, meta: d
     img = image_mod.build_image(root)
     initrd = image_mod.initrd_for(img, b, root)
     timings["image_s"] = round(time.monotonic() - t1, 1)
-    accel = vm_mod.choose_accel(req.accel)
+    proc.check_interrupted()
+    if accel is None:
+        accel = vm_mod.choose_accel(req.accel)
     return Prepared(b, initrd, img, accel, vm_mod.qemu_version())
 
 
+PORT_ATTEMPTS = 3
+
+
 def _boot(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, tag: str) -> tuple[vm_mod.VM, Guest, float]:
-    spec = vm_mod.VMSpec(kernel=p.build.bzimage, initrd=p.initrd, accel=p.accel,
-                         append=list(mode.append) + req.extra_append, smp=req.smp, memory=req.memory,
-                         ssh_port=vm_mod.free_port(), name=f"kvm-harness-{out.name}-{tag}")
-    vm = vm_mod.VM(spec, out, tag)
-    try:
-        vm.start()
-        guest = Guest.wait_ready(vm, spec.ssh_port, p.image.client_key, p.image.known_hosts, req.boot_deadline_s)
-    except BaseException:
-        vm.stop()
-        raise
-    return vm, guest, time.monotonic() - vm.started_at
-
-
-def _shutdown(vm: vm_mod.VM, guest: Guest | None) -> None:
-    if guest is not None:
+    """Start QEMU and wait for SSH. The VM is always stopped when this raises."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        proc.check_interrupted()
+        spec = vm_mod.VMSpec(kernel=p.build.bzimage, initrd=p.initrd, accel=p.accel,
+                             append=list(mode.append) + req.extra_append, smp=req.smp, memory=req.memory,
+                             ssh_port=vm_mod.free_port(), name=f"kvm-harness-{out.name}-{tag}")
+        vm = vm_mod.VM(spec, out, tag)
         try:
-            guest.run("sync; poweroff -f", 5)
+            vm.start()
+            guest = Guest.wait_ready(vm, spec.ssh_port, p.image.client_key, p.image.known_hosts,
+                                     req.boot_deadline_s)
+        except vm_mod.PortInUse as e:
+            vm.stop()
+            # Another run took the port between free_port() and QEMU's bind: pick another.
+            if attempt == PORT_ATTEMPTS:
+                raise
+            log.warning("%s; retrying with another port", e)
+            continue
         except Exception:
-            pass  # the connection drops as the guest powers off
+            vm.stop(fast=proc.interrupted() is not None)
+            raise
+        except BaseException:  # KeyboardInterrupt, SystemExit: just be gone
+            vm.stop(fast=True)
+            raise
+        return vm, guest, time.monotonic() - vm.started_at
+    raise AssertionError("unreachable")
+
+
+def _shutdown(vm: vm_mod.VM, guest: Guest | None, fast: bool = False) -> None:
+    """Power the guest off and stop QEMU; `fast` (interrupt, error) skips the courtesy."""
+    fast = fast or proc.interrupted() is not None
+    if guest is not None:
+        if not fast:
+            try:
+                guest.run("sync; poweroff -f", 5)
+            except Exception:
+                pass  # the connection drops as the guest powers off
         guest.close()
-    if vm.proc is not None:
+    if vm.proc is not None and not fast:
         try:
             vm.proc.wait(timeout=5)
         except Exception:
             pass
-    vm.stop()
+    vm.stop(fast=fast)
 
 
 def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: float) -> tuple[TestResult, dict[str, object]]:
@@ -166,8 +237,22 @@ def _consistency_case(path: str, mode: MmuMode, cap: capture.Captured | None, wh
     return res
 
 
-def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: Path, tag: str,
+def _forensics(vm: vm_mod.VM, guest: Guest | None, out: Path, path: str, why: str, res: TestResult) -> None:
+    dest = out / "forensics" / forensics.safe_name(path)
+    try:
+        summary = forensics.collect(vm, guest, dest, why)
+    except HarnessError:
+        raise
+    except Exception as e:  # forensics must never turn an ERROR into a crash
+        log.warning("forensics for %s failed: %s", path, e)
+        summary = {"error": f"{type(e).__name__}: {e}"}
+    res.evidence["forensics"] = summary
+    res.artifacts.append(str(dest.relative_to(out)))
+
+
+def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mode: MmuMode, out: Path, tag: str,
                   check: bool = False, settings: capture.CaptureSettings | None = None) -> list[TestResult]:
+    proc.check_interrupted()
     path = w.path(mode.name)
     console_mark = len(vm.console())
     log.info("running %s: %s", path, w.command())
@@ -176,24 +261,35 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: 
     why_not = ""
     if check:
         why_not = capture.start(guest, settings or capture.CaptureSettings())
+    t0 = time.monotonic()
     try:
         r = guest.run(w.command(), w.timeout_s)
     except GuestError as e:
+        res.duration_s = time.monotonic() - t0
         # The guest went away under the test: a kernel crash is the test's FAIL, anything else an ERROR.
+        proc.check_interrupted()
+        time.sleep(0.5)  # let a dying QEMU finish, so its end is reported as it was
         new_console = vm.console()[console_mark:]
         findings = health.scan(new_console, f"console-{tag}.log")
         res.status = FAIL if findings else ERROR
-        res.reason = "; ".join(f.summary() for f in findings) if findings else f"lost the guest: {e}"
+        qemu = "" if vm.alive() else f"; QEMU {vm.exit_description()}"
+        res.reason = "; ".join(f.summary() for f in findings) if findings else f"lost the guest: {e}{qemu}"
         res.output = "\n".join(f.excerpt for f in findings) or console_tail(vm)
         res.evidence["guest_lost"] = True
+        res.evidence["qemu"] = vm.exit_description()
+        _forensics(vm, guest, out, path, "guest lost during the test", res)
         return [res] + ([_consistency_case(path, mode, None, "guest lost during the workload")] if check else [])
     res.duration_s = r.seconds
-    res.output = (r.stdout + r.stderr)[-20000:]
+    res.output = printable(r.stdout + r.stderr)[-20000:]   # a test's terminal escapes would break junit.xml
     with open(out / f"workloads-{tag}.log", "a") as f:
         f.write(f"### {path}\n$ {w.command()}\n{r.stdout}{r.stderr}\n### exit {r.rc} after {r.seconds:.1f}s\n")
     if r.timed_out:
         res.status, res.timed_out = ERROR, True
-        res.reason = f"timeout after {w.timeout_s:.0f} s"
+        res.reason = (f"timeout after {w.timeout_s:g} s (--timeout); "
+                      f"forensics in forensics/{forensics.safe_name(path)}/")
+        tail = last_line(vm.console()[console_mark:])
+        res.output = (res.output + f"\n[console since the test started ends: {tail}]").strip()
+        _forensics(vm, guest, out, path, f"timeout after {w.timeout_s:g} s", res)
         return [res] + ([_consistency_case(path, mode, None, "workload timed out")] if check else [])
     if check and not why_not:
         safe = path.replace("/", "_")
@@ -229,9 +325,13 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload, mode: MmuMode, out: 
     return [res]
 
 
-def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: dict[str, object]) -> list[TestResult]:
-    results: list[TestResult] = []
-    pending = req.plan.selected(mode.name)
+def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: dict[str, object],
+             results: list[TestResult] | None = None) -> list[TestResult]:
+    """Every selected test of one MMU mode; a test that hangs or loses the guest is
+    followed by a fresh VM for the rest. Results are appended to `results` as they
+    come, so an interrupted run keeps what it had."""
+    results = [] if results is None else results
+    pending = selected_workloads(req, mode.name)
     boot_no = 0
     do_check = False
     while True:
@@ -242,7 +342,8 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
         except BootError as e:
             (out / f"boot-error-{tag}.txt").write_text(f"{e}\n\n{e.detail}\n")
             results.append(TestResult(f"kvm.{mode.name}.boot" + ("" if boot_no == 1 else f".{boot_no}"), ERROR,
-                                      reason=str(e), output=e.detail, evidence={"boot_error": True}))
+                                      reason=str(e), output=e.detail, evidence={"boot_error": True},
+                                      artifacts=[f"boot-error-{tag}.txt", f"console-{tag}.log"]))
             results += [TestResult(w.path(mode.name), ERROR, reason=f"not run: boot failed ({e})") for w in pending]
             return results
         timings.setdefault("ssh_ready_s", []).append(round(ready_s, 2))  # type: ignore[union-attr]
@@ -254,6 +355,7 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
                 if boot_res.status != PASS:
                     results += [TestResult(w.path(mode.name), ERROR,
                                            reason=f"not run: {boot_res.reason}") for w in pending]
+                    _shutdown(vm, guest)
                     return results
             else:
                 guest.check("dmesg -c >/dev/null", 30)
@@ -263,20 +365,31 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
                 if req.consistency == "auto" and not instrumented and _series_has_instrumentation(p):
                     results += [TestResult(f"{w.path(mode.name)}.consistency", ERROR,
                                            reason="the instrumentation series was applied but the guest has no "
-                                                  "kvmmmu:kvm_mmu_pw_spte tracepoint") for w in pending]
+                                                  "kvmmmu:kvm_mmu_pw_spte tracepoint")
+                                for w in pending if isinstance(w, Workload)]
             restart = False
             while pending:
                 w = pending.pop(0)
-                res_list = _run_workload(guest, vm, w, mode, out, tag, do_check, req.capture)
+                try:
+                    res_list = _run_workload(guest, vm, w, mode, out, tag,
+                                             do_check and isinstance(w, Workload), req.capture)
+                except Interrupted as e:
+                    results.append(TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}"))
+                    raise
                 results += res_list
                 res = res_list[0]
                 if res.timed_out or res.evidence.get("guest_lost"):
                     restart = True  # the rest goes on in a fresh VM
+                    if pending:
+                        log.info("%s: %s; the remaining %d test(s) go on in a fresh VM", res.path,
+                                 "timed out" if res.timed_out else "lost the guest", len(pending))
                     break
-            if not restart:
-                return results
-        finally:
-            _shutdown(vm, guest)
+        except BaseException:
+            _shutdown(vm, guest, fast=True)
+            raise
+        _shutdown(vm, guest, fast=restart)
+        if not restart or not pending:
+            return results
 
 
 def _series_has_instrumentation(p: Prepared) -> bool:
@@ -314,12 +427,15 @@ def write_reports(out: Path, results: list[TestResult], meta: dict[str, object],
 
 
 def run_boot_test(req: RunRequest, argv: list[str]) -> int:
-    out = run_dir_mod.create(req.results_root, "boot-test")
-    run_dir_mod.point_latest(req.results_root, out)
-    meta = run_dir_mod.start_metadata(out, argv, "boot-test")
-    handler = logging.FileHandler(out / "harness.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(handler)
+    # A signal while the run directory is being set up, or while the reports are
+    # being written, is held back: the run is then either recorded or not started.
+    with proc.deferred_interrupts():
+        out = run_dir_mod.create(req.results_root, "boot-test")
+        run_dir_mod.point_latest(req.results_root, out)
+        meta = run_dir_mod.start_metadata(out, argv, "boot-test")
+        handler = logging.FileHandler(out / "harness.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
     log.info("run directory %s", out)
     t_start = time.monotonic()
     results: list[TestResult] = []
@@ -327,15 +443,18 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
     build_meta: dict[str, object] | None = None
     status, code, error = "error", EXIT_INFRA, None
     try:
+        proc.check_interrupted()
         series = validate(req)
-        p = prepare(req, series, out, meta, timings)
+        accel = vm_mod.choose_accel(req.accel)   # --accel kvm on a host without usable KVM: exit 2 now
+        p = prepare(req, series, out, meta, timings, accel)
         build_meta = p.build.meta
         run_dir_mod.update_metadata(out, meta, build=build_meta, accelerator={
             "name": p.accel.name, "cpu": p.accel.cpu, "reason": p.accel.reason}, qemu_version=p.qemu_version,
             kernel_release=build_meta.get("kernel_release"))
         t_work = time.monotonic()
         for m in req.modes:
-            results += run_mode(req, p, MODES[m], out, timings)
+            run_mode(req, p, MODES[m], out, timings, results)
+        proc.check_interrupted()   # a signal held back during the last QMP exchange
         timings["modes_s"] = round(time.monotonic() - t_work, 1)
         code = exit_code(results)
         status = {EXIT_OK: "pass", EXIT_TEST_FAILED: "fail", EXIT_SKIPPED: "skip"}.get(code, "error")
@@ -348,20 +467,21 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
     except KeyboardInterrupt:
         code, status, error = 130, "interrupted", {"kind": "interrupted", "message": "interrupted by signal"}
     finally:
-        from . import proc
-        proc.kill_all_children()
-        workload_s = sum(r.duration_s for r in results if not r.path.endswith(".boot"))
-        timings["total_s"] = round(time.monotonic() - t_start, 1)
-        timings["workloads_s"] = round(workload_s, 1)
-        timings["overhead_s"] = round(time.monotonic() - t_start - workload_s, 1)
-        meta["timings"] = timings
-        run_dir_mod.update_metadata(out, meta, status=status, exit_code=code, error=error,
-                                    finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    counts={s: sum(r.status == s for r in results) for s in (PASS, FAIL, ERROR, SKIP)})
-        write_reports(out, results, meta, build_meta, status)
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-        _print_summary(out, results, status, code, error, timings)
+        with proc.deferred_interrupts():
+            proc.kill_all_children()
+            workload_s = sum(r.duration_s for r in results if not r.path.endswith(".boot"))
+            timings["total_s"] = round(time.monotonic() - t_start, 1)
+            timings["workloads_s"] = round(workload_s, 1)
+            timings["overhead_s"] = round(time.monotonic() - t_start - workload_s, 1)
+            meta["timings"] = timings
+            run_dir_mod.update_metadata(out, meta, status=status, exit_code=code, error=error,
+                                        finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                        counts={s: sum(r.status == s for r in results)
+                                                for s in (PASS, FAIL, ERROR, SKIP)})
+            write_reports(out, results, meta, build_meta, status)
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+            _print_summary(out, results, status, code, error, timings)
     return code
 
 

@@ -44,12 +44,17 @@ class Series:
 def load_series(path: Path) -> Series:
     """Read a series directory; every problem is a UsageError naming the path."""
     if not path.is_dir():
-        raise UsageError(f"series directory not found: {path}")
+        raise UsageError(f"series directory not found: {path}" if not path.exists()
+                         else f"series path is not a directory: {path}")
     sfile = path / "series"
     if not sfile.is_file():
         raise UsageError(f"series directory has no `series` file: {sfile}")
+    try:
+        text = sfile.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"series file unreadable: {sfile}: {getattr(e, 'strerror', None) or e}") from e
     patches = []
-    for n, raw in enumerate(sfile.read_text().splitlines(), 1):
+    for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -61,6 +66,8 @@ def load_series(path: Path) -> Series:
             sha = cache.sha256_file(ppath)
         except OSError as e:
             raise UsageError(f"{sfile}:{n}: cannot read patch {ppath}: {e.strerror}") from e
+        if ppath.stat().st_size == 0:
+            raise UsageError(f"{sfile}:{n}: names an empty patch file: {ppath}")
         patches.append(Patch(ppath, sha))
     if not patches:
         raise UsageError(f"series is empty (no patch listed in {sfile})")
@@ -88,7 +95,7 @@ _CONFLICT = re.compile(r"CONFLICT \([^)]*\): Merge conflict in (\S+)")
 def check_well_formed(ws: Workspace, patch: Patch) -> None:
     """Parse the patch without applying it; a mangled patch fails here, naming its line."""
     r = proc.run(["git", "-C", str(ws.src), "apply", "--stat", str(patch.path)])
-    out = (r.stdout + r.stderr)
+    out = "\n".join(t.strip() for t in (r.stdout, r.stderr) if t.strip())
     m = _CORRUPT.search(out)
     if m:
         n = int(m.group(1))
@@ -110,13 +117,18 @@ def is_mbox(path: Path) -> bool:
 def explain_failure(patch: Patch, output: str) -> ApplyError:
     files: list[str] = []
     hunks: list[str] = []
+    failed_at: dict[str, str] = {}
     for m in _FAILED_AT.finditer(output):
         hunks.append(f"{m.group(1)}:{m.group(2)}")
+        failed_at.setdefault(m.group(1), m.group(2))
         files.append(m.group(1))
     reasons = []
     for m in _FILE_ERR.finditer(output):
         files.append(m.group(1))
-        reasons.append(f"{m.group(1)}: {m.group(2)}")
+        if m.group(2) == "patch does not apply" and m.group(1) in failed_at:
+            reasons.append(f"{m.group(1)}: the hunk at line {failed_at[m.group(1)]} does not apply")
+        else:
+            reasons.append(f"{m.group(1)}: {m.group(2)}")
     for m in _NO_ANCESTOR.finditer(output):
         files.append(m.group(1))
     for m in _CONFLICT.finditer(output):
@@ -152,7 +164,8 @@ def apply_series(ws: Workspace, series: list[Series], logfile: Path) -> list[dic
                 if (ws.src / ".git" / "rebase-apply").exists():
                     ws.git("am", "--abort", check=False)
                 diag = proc.run(["git", "-C", str(ws.src), "apply", "--check", "-v", str(p.path)])
-                raise explain_failure(p, diag.stdout + diag.stderr + r.stdout + r.stderr)
+                raise explain_failure(p, "\n".join(t.strip() for t in (diag.stdout, diag.stderr, r.stdout, r.stderr)
+                                                   if t.strip()))
             commit = ws.git("rev-parse", "HEAD")
             log.info("applied %s", p.name)
             applied.append({"series": s.name, "patch": p.path.name, "sha256": p.sha256, "commit": commit})

@@ -46,9 +46,15 @@ class Workspace:
         return r.stdout.strip()
 
     def reset(self) -> None:
-        """Back to the pristine base: no half-applied series survives a run."""
+        """Back to the pristine base: no half-applied series survives a run.
+
+        Called with the workspace lock held, so a leftover index.lock can only
+        be from a git killed with the harness (SIGKILL): it is stale, remove it.
+        """
+        (self.src / ".git" / "index.lock").unlink(missing_ok=True)
         if (self.src / ".git" / "rebase-apply").exists():
             self.git("am", "--abort", check=False)
+            shutil.rmtree(self.src / ".git" / "rebase-apply", ignore_errors=True)
         self.git("checkout", "-q", "-f", "--detach", self.base_commit)
         self.git("clean", "-q", "-f", "-d", "-x")
 
@@ -74,6 +80,8 @@ def _tarball_sha(tarball: Path, root: Path) -> str:
 
 
 def check_tarball(tarball: Path) -> None:
+    if tarball.exists() and not tarball.is_file():
+        raise UsageError(f"kernel source tarball is not a file: {tarball}")
     if not tarball.is_file():
         hint = " (install it with `make setup`, i.e. apt-get install linux-source-6.12)" \
             if tarball == DEFAULT_TARBALL else ""

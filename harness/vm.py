@@ -23,7 +23,7 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import proc
-from .errors import BootError, InfraError, UsageError
+from .errors import InfraError, UsageError
 
 log = logging.getLogger("kvm-harness")
 
@@ -109,6 +109,10 @@ def qemu_version() -> str:
     return r.stdout.splitlines()[0].strip() if r.returncode == 0 and r.stdout else "unknown"
 
 
+class PortInUse(InfraError):
+    """QEMU could not bind the SSH forward: another process took the port after free_port() chose it."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -177,13 +181,35 @@ class VM:
         deadline = time.monotonic() + 10
         while not self.qmp_sock.exists():
             if self.proc.poll() is not None:
-                raise InfraError(f"QEMU exited at start (code {self.proc.returncode}): {self.qemu_tail()}")
+                self._failed_at_start()
             if time.monotonic() > deadline:
+                self.stop()
                 raise InfraError("QEMU did not create its QMP socket within 10 s")
             time.sleep(0.02)
-        self.qmp = QEMUMonitorProtocol(str(self.qmp_sock))
-        self.qmp.connect(negotiate=True)
+        qmp = QEMUMonitorProtocol(str(self.qmp_sock))
+        try:
+            with proc.deferred_interrupts():
+                qmp.connect(negotiate=True)
+        except Exception as e:
+            # QEMU makes the socket before it sets up the network: a bad
+            # netdev (a taken port) ends it right after. Say that, not "refused".
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.proc.poll() is not None:
+                self._failed_at_start()
+            self.stop()
+            raise InfraError(f"cannot connect to QEMU's monitor {self.qmp_sock}: {e}") from e
+        self.qmp = qmp
         self.qmp.settimeout(10)
+
+    def _failed_at_start(self) -> None:
+        tail = self.qemu_tail()
+        self.stop()
+        if "host forwarding rule" in tail:
+            raise PortInUse(f"QEMU could not forward 127.0.0.1:{self.spec.ssh_port}: {tail}")
+        raise InfraError(f"QEMU exited at start ({self.exit_description()}): {tail}")
 
     def qemu_tail(self, n: int = 5) -> str:
         try:
@@ -195,6 +221,20 @@ class VM:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exit_description(self) -> str:
+        """How QEMU ended: 'running', 'exit code N' or 'killed by SIGKILL'."""
+        if self.proc is None:
+            return "not started"
+        rc = self.proc.poll()
+        if rc is None:
+            return "running"
+        if rc < 0:
+            try:
+                return f"killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"killed by signal {-rc}"
+        return f"exit code {rc}"
+
     def console(self) -> str:
         try:
             return self.console_log.read_text(errors="replace")
@@ -204,10 +244,13 @@ class VM:
     def poll_events(self) -> list[dict[str, object]]:
         """QMP events since the last call (GUEST_PANICKED, SHUTDOWN, ...)."""
         new: list[dict[str, object]] = []
-        if self.qmp is not None and self.alive():
+        # Also after QEMU exited: a GUEST_PANICKED sent just before the exit
+        # may still be waiting in the monitor's buffer.
+        if self.qmp is not None:
             try:
-                new = list(self.qmp.get_events(wait=False))
-                self.qmp.clear_events()
+                with proc.deferred_interrupts():
+                    new = list(self.qmp.get_events(wait=False))
+                    self.qmp.clear_events()
             except Exception:  # QEMU went away between poll() and the read
                 new = []
         self.events.extend(new)
@@ -221,19 +264,31 @@ class VM:
         if self.qmp is None or not self.alive():
             return None
         try:
-            return self.qmp.cmd(command)
+            with proc.deferred_interrupts():
+                return self.qmp.cmd(command)
         except Exception as e:  # a dying QEMU is reported, not raised, by forensics
             return {"error": str(e)}
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """Quit over QMP, then SIGTERM, then SIGKILL the whole group. Idempotent."""
+    def stop(self, timeout: float = 10.0, fast: bool = False) -> int | None:
+        """Quit over QMP, then SIGTERM, then SIGKILL the whole group. Idempotent.
+
+        `fast` (an interrupted run): no QMP, straight to SIGKILL; the guest's
+        state does not matter any more, only that QEMU is gone at once.
+        """
         if self.proc is None:
             return None
-        if self.alive():
+        if self.alive() and fast:
+            proc.kill_group(self.proc.pid, signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        elif self.alive():
             self.poll_events()
             try:
                 if self.qmp is not None:
-                    self.qmp.cmd("quit")
+                    with proc.deferred_interrupts():
+                        self.qmp.cmd("quit")
             except Exception:
                 pass
             try:
@@ -245,11 +300,14 @@ class VM:
                 except subprocess.TimeoutExpired:
                     proc.kill_group(self.proc.pid, signal.SIGKILL)
                     self.proc.wait()
+        else:
+            self.poll_events()
         proc.kill_group(self.proc.pid, signal.SIGKILL)  # stray children of the group, if any
         proc.unregister_group(self.proc.pid)
         if self.qmp is not None:
             try:
-                self.qmp.close()
+                with proc.deferred_interrupts():
+                    self.qmp.close()
             except Exception:
                 pass
             self.qmp = None
