@@ -61,6 +61,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--iterations", type=int, default=5, help="dirty_log_test -i")
     g.add_argument("--perf-bytes", default="256M", help="dirty_log_perf_test -b")
     g.add_argument("--timeout", type=float, default=240.0, help="per-test timeout in seconds")
+    g.add_argument("--retries", type=int, default=1, choices=(0, 1),
+                   help="run a failing selftest once more before calling it a FAIL (0: never); "
+                        "a health finding or a consistency FAIL is never retried away")
     g.add_argument("--consistency", choices=("auto", "off"), default="auto",
                    help="auto: capture dumps + trace and check the bitmap wherever the guest kernel is instrumented")
     g.add_argument("--workload-cmd", action="append", default=[], metavar="NAME=CMD",
@@ -82,7 +85,7 @@ def request_from(args: argparse.Namespace) -> pipeline.RunRequest:
         config=ConfigRequest(args.config_base, list(args.config)),
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
         results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,
-        extra_append=list(args.append), consistency=args.consistency,
+        extra_append=list(args.append), consistency=args.consistency, retries=args.retries,
         extra_workloads=[pipeline.parse_workload_cmd(w) for w in args.workload_cmd],
         plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
                           only=tuple(args.only)))

@@ -24,6 +24,8 @@ def render(results: list[TestResult], suite: str = "kvm-harness") -> str:
             directive = "TIMEOUT" if r.timed_out else "ERROR"
             lines.append(f"not ok {i} {r.path} # {directive} {_one_line(r.reason)}")
         else:
+            if r.reason:  # what a PASS rests on (consistency counts), or that it was flaky
+                lines.append(f"# {_one_line(r.reason)}")
             lines.append(f"ok {i} {r.path}")
     counts = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "ERROR", "SKIP")}
     lines.append(f"# Totals: pass:{counts['PASS']} fail:{counts['FAIL']} error:{counts['ERROR']} "
