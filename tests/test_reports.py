@@ -64,3 +64,11 @@ def test_run_dirs_never_collide_and_latest_moves(tmp_path):
     on_disk = json.loads((a / "metadata.json").read_text())
     assert on_disk["status"] == "running" and on_disk["reproducer"] == "kvm-harness boot-test --modes shadow"
     assert meta["run_id"] == a.name
+
+
+def test_junit_survives_console_control_characters(tmp_path):
+    r = [TestResult("kvm.shadow.boot", FAIL, reason="panic \x1b[0m\x07", output="\x1b[?25l console \x00 text")]
+    junit.write(r, tmp_path / "j.xml")
+    xml = JUnitXml.fromfile(str(tmp_path / "j.xml"))
+    case = next(iter(next(iter(xml))))
+    assert "console" in case.system_out

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
 
 from ..results import ERROR, FAIL, SKIP, TestResult
+
+# XML 1.0 forbids most control characters; console text (escape codes) has them.
+_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    return _INVALID.sub("\ufffd", text)
 
 
 def write(results: list[TestResult], path: Path, suite_name: str = "kvm-harness") -> None:
@@ -15,12 +23,12 @@ def write(results: list[TestResult], path: Path, suite_name: str = "kvm-harness"
         classname, _, name = r.path.rpartition(".")
         case = TestCase(name or r.path, classname or suite_name, r.duration_s)
         if r.status == FAIL:
-            case.result = [Failure(r.reason or "failed")]
+            case.result = [Failure(_xml(r.reason or "failed"))]
         elif r.status == ERROR:
-            case.result = [Error(r.reason or "error", "timeout" if r.timed_out else "error")]
+            case.result = [Error(_xml(r.reason or "error"), "timeout" if r.timed_out else "error")]
         elif r.status == SKIP:
-            case.result = [Skipped(r.reason or "skipped")]
-        case.system_out = r.output[-20000:]
+            case.result = [Skipped(_xml(r.reason or "skipped"))]
+        case.system_out = _xml(r.output[-20000:])
         suite.add_testcase(case)
     xml = JUnitXml()
     xml.add_testsuite(suite)
