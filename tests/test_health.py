@@ -38,3 +38,14 @@ def test_clean_log_has_no_findings():
     clean = "[    0.0] Linux version 6.12.117\n[    1.2] kvm_amd: Nested Virtualization enabled\n" \
             "[    1.3] kvm_amd: Nested Paging enabled\n[    2.0] Run /init as init process\n"
     assert health.scan(clean) == []
+
+
+def test_real_kvm_prove_mmu_warning_from_a_mutant_run():
+    """dmesg captured by boot-test with the count-not-decremented mutant: the
+    instrumentation's KVM_PROVE_MMU cross-check WARNs, and the scan names it."""
+    from pathlib import Path
+    text = (Path(__file__).parent / "data" / "real" / "dmesg-mutant-warn.txt").read_text()
+    found = health.scan(text, "dmesg-shadow.txt")
+    assert found and found[0].kind == "warning"
+    assert "mmu_log_possible_writable_spte" in found[0].line
+    assert "Call Trace" in found[0].excerpt or "RIP:" in found[0].excerpt
