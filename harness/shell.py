@@ -67,7 +67,9 @@ def run(req: pipeline.RunRequest, mode_name: str, keep: bool, cmd: list[str]) ->
                   f"  ssh -i {key} -o UserKnownHostsFile={p.image.known_hosts} -o HostKeyAlias=kvm-harness-guest "
                   f"-p {vm.spec.ssh_port} root@127.0.0.1\n"
                   f"Stop it with:\n  kill {vm.proc.pid if vm.proc else '?'}\n"
-                  f"Console: {vm.console_log}", file=sys.stderr)
+                  f"Console: {vm.console_log}\n"
+                  # The private 0700 directory stays while the VM runs: its QMP socket is in it.
+                  f"QMP (root only): {vm.qmp_sock}", file=sys.stderr)
             from . import proc
             if vm.proc is not None:
                 proc.unregister_group(vm.proc.pid)  # not ours to kill any more
