@@ -126,7 +126,7 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                 ws.reset()
                 applied = series_mod.apply_series(ws, req.series, logfile)
                 t_apply = time.monotonic()
-                config_text = kconfig.configure(ws.src, ws.obj, req.config, logfile)
+                kconfig.configure(ws.src, ws.obj, req.config, logfile)
                 t_config = time.monotonic()
                 cc = "ccache gcc" if shutil.which("ccache") else "gcc"
                 mk = ["-C", str(ws.src), f"O={ws.obj}", f"-j{req.jobs}", f"CC={cc}", f"HOSTCC={cc}"]

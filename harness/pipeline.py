@@ -20,7 +20,7 @@ from .errors import (EXIT_BOOT, EXIT_INFRA, EXIT_OK, EXIT_SKIPPED, EXIT_TEST_FAI
                      HarnessError, Interrupted, UsageError)
 from .guest import Guest, console_tail, last_line, printable
 from .report import junit, kcidb, ktap, run_dir as run_dir_mod
-from .results import ERROR, FAIL, PASS, SKIP, TestResult
+from .results import ERROR, FAIL, PASS, SKIP, TestResult, overall
 from .workloads import (FACTS_SCRIPT, KSFT_PASS, KSFT_SKIP, MODES, MmuMode, Workload, WorkloadPlan,
                         parse_facts, perf_figures, skip_reason)
 
@@ -439,16 +439,11 @@ def _series_has_instrumentation(p: Prepared) -> bool:
 
 
 def exit_code(results: list[TestResult]) -> int:
-    statuses = {r.status for r in results}
-    if FAIL in statuses:
-        return EXIT_TEST_FAILED
-    if ERROR in statuses:
+    """The run's exit code from the KCIDB precedence in results.overall (no results: ERROR)."""
+    status = overall(results)
+    if status == ERROR:
         return EXIT_BOOT if any(r.evidence.get("boot_error") for r in results) else EXIT_INFRA
-    if not results:
-        return EXIT_INFRA
-    if statuses == {SKIP}:
-        return EXIT_SKIPPED
-    return EXIT_OK
+    return {FAIL: EXIT_TEST_FAILED, SKIP: EXIT_SKIPPED, PASS: EXIT_OK}[status]
 
 
 def write_reports(out: Path, results: list[TestResult], meta: dict[str, object], build: dict[str, object] | None,

@@ -60,7 +60,11 @@ class Workspace:
 
 
 def kernel_version(src: Path) -> str:
-    text = (src / "Makefile").read_text(errors="replace")[:2000]
+    return version_from_makefile((src / "Makefile").read_text(errors="replace"))
+
+
+def version_from_makefile(text: str) -> str:
+    text = text[:2000]
     vals = {k: (re.search(rf"^{k}[ \t]*=[ \t]*(\S*)", text, re.M) or [None, ""])[1]
             for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL", "EXTRAVERSION")}
     return f"{vals['VERSION']}.{vals['PATCHLEVEL']}.{vals['SUBLEVEL']}{vals['EXTRAVERSION']}"
@@ -150,16 +154,9 @@ def from_tree(tree: Path, root: Path) -> Workspace:
         r = proc.run(["git", "-C", str(entry / "src"), "fetch", "-q", "--no-tags", str(tree), commit])
         if r.returncode != 0:
             raise InfraError(f"git fetch of {commit} from {tree} failed: {r.stderr[-400:]}")
+    # The version of the commit that is built, not of the user's work tree.
+    version = version_from_makefile(proc.run(["git", "-C", str(tree), "show", f"{commit}:Makefile"]).stdout)
     ws = Workspace(src=entry / "src", obj=entry / "obj", lock=entry / "workspace.lock", base_commit=commit)
     ws.identity = {"kind": "tree", "tree": str(tree), "commit": commit, "describe": describe,
-                   "dirty": dirty}
+                   "dirty": dirty, "version": version}
     return ws
-
-
-def finish_identity(ws: Workspace) -> None:
-    """Fill in the version once the base is checked out."""
-    ws.identity.setdefault("version", kernel_version(ws.src))
-
-
-def remove_stale(entry: Path) -> None:
-    shutil.rmtree(entry, ignore_errors=True)
