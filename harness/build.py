@@ -87,6 +87,11 @@ def _env(root: Path) -> dict[str, str]:
         # two workspaces of the same tree share ccache hits.
         "CCACHE_BASEDIR": str(root / "sources"),
         "CCACHE_SLOPPINESS": "time_macros,include_file_mtime,include_file_ctime",
+        # Depend mode: a miss compiles once and takes the include list from the
+        # compiler's own -MMD file. The default mode preprocesses every file a
+        # second time: measured here, a cold build took 7 min with it and 4.5
+        # without ccache; in depend mode ccache costs ~4% of a cold build.
+        "CCACHE_DEPEND": "1",
         "KBUILD_BUILD_USER": "kvm-harness",
         "KBUILD_BUILD_HOST": "kvm-harness",
         "KBUILD_BUILD_TIMESTAMP": "1970-01-01",
@@ -130,9 +135,10 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                 t_config = time.monotonic()
                 cc = "ccache gcc" if shutil.which("ccache") else "gcc"
                 mk = ["-C", str(ws.src), f"O={ws.obj}", f"-j{req.jobs}", f"CC={cc}", f"HOSTCC={cc}"]
-                _make(req, root, [*mk, "bzImage"], logfile, "kernel build")
+                # headers_install (for the selftests) in the same make: it runs beside the
+                # compile instead of after it (~10 s of mostly serial shell work).
+                _make(req, root, [*mk, "bzImage", "headers_install"], logfile, "kernel build")
                 t_kernel = time.monotonic()
-                _make(req, root, ["-C", str(ws.src), f"O={ws.obj}", "headers_install"], logfile, "headers_install")
                 kst = ws.obj / "kselftest" / "kvm"
                 _make(req, root, ["-C", str(ws.src / "tools/testing/selftests/kvm"), f"-j{req.jobs}",
                                   f"OUTPUT={kst}", f"KHDR_INCLUDES=-isystem {ws.obj / 'usr/include'}",

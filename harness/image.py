@@ -32,6 +32,9 @@ RECIPE_VERSION = 2
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
+# trace-cmd extract copies the kernel's binary ring buffer into a trace.dat:
+# no text formatting in the guest (that cost ~10 s per workload under TCG).
+TRACE_CMD = Path("/usr/bin/trace-cmd")
 GUEST_IP_PORT = 22
 
 
@@ -54,12 +57,14 @@ class Image:
 
 
 def _recipe_inputs() -> dict[str, object]:
-    for tool, pkg in ((BUSYBOX, "busybox-static"), (DROPBEAR, "dropbear-bin"), (DROPBEARKEY, "dropbear-bin")):
+    for tool, pkg in ((BUSYBOX, "busybox-static"), (DROPBEAR, "dropbear-bin"), (DROPBEARKEY, "dropbear-bin"),
+                      (TRACE_CMD, "trace-cmd")):
         if not tool.exists():
             raise UsageError(f"{tool} is missing: install {pkg} (`make setup`)")
     init = RECIPE_DIR / "init"
     return {"recipe": RECIPE_VERSION, "init": cache.sha256_file(init),
-            "busybox": cache.sha256_file(BUSYBOX), "dropbear": cache.sha256_file(DROPBEAR)}
+            "busybox": cache.sha256_file(BUSYBOX), "dropbear": cache.sha256_file(DROPBEAR),
+            "trace-cmd": cache.sha256_file(TRACE_CMD)}
 
 
 def _busybox_applets() -> list[str]:
@@ -116,11 +121,13 @@ def build_image(root: Path) -> Image:
                 if not link.exists():
                     link.parent.mkdir(parents=True, exist_ok=True)
                     link.symlink_to("/bin/busybox")
-            shutil.copy2(DROPBEAR, stage / "usr/sbin/dropbear")
-            for lib in _shared_libs(DROPBEAR):
-                dest = stage / str(lib).lstrip("/")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(lib.resolve(), dest)
+            # Debian's dropbear and trace-cmd are dynamically linked: their libraries come along.
+            for binary in (DROPBEAR, TRACE_CMD):
+                shutil.copy2(binary, stage / str(binary).lstrip("/"))
+                for lib in _shared_libs(binary):
+                    dest = stage / str(lib).lstrip("/")
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(lib.resolve(), dest)
             (stage / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
             (stage / "etc/group").write_text("root:x:0:\n")
             (stage / "etc/shells").write_text("/bin/sh\n")

@@ -23,9 +23,9 @@ log = logging.getLogger("kvm-harness")
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 BASES = {
-    # name: (make target, harness fragment applied first)
-    "trim": ("tinyconfig", CONFIGS_DIR / "trim.config"),
-    "defconfig": ("defconfig", None),
+    # name: (make target, harness fragment applied first, fragment applied right after kvm_guest.config)
+    "trim": ("tinyconfig", CONFIGS_DIR / "trim.config", CONFIGS_DIR / "trim-after-kvm-guest.config"),
+    "defconfig": ("defconfig", None, None),
 }
 HARNESS_FRAGMENTS = [CONFIGS_DIR / "kvm.config", CONFIGS_DIR / "health.config"]
 KVM_GUEST = "kernel/configs/kvm_guest.config"
@@ -37,6 +37,11 @@ NOT_ENFORCED_ON_TRIM = {
     "SCSI_LOWLEVEL": "the trimmed base has no SCSI (the guest runs from an initramfs)",
     "SCSI_VIRTIO": "the trimmed base has no SCSI (the guest runs from an initramfs)",
     "DRM_VIRTIO_GPU": "the trimmed base has no DRM (serial console only)",
+    # Turned off by trim-after-kvm-guest.config (build time; the guest never uses them):
+    "9P_FS": "no shared folder: the guest runs from an initramfs",
+    "NET_9P": "no shared folder: the guest runs from an initramfs",
+    "NET_9P_VIRTIO": "no shared folder: the guest runs from an initramfs",
+    "VIRTIO_INPUT": "no input devices: serial console and SSH only",
 }
 NOT_ENFORCED_ANYWHERE = {"S390_GUEST": "s390 only"}
 
@@ -69,14 +74,14 @@ class ConfigRequest:
                     raise UsageError(f"{f}:{n}: not a Kconfig line: {s!r}")
 
     def fragments(self, src: Path) -> list[Path]:
-        base_frag = BASES[self.base][1]
-        return ([base_frag] if base_frag else []) + [src / KVM_GUEST] + HARNESS_FRAGMENTS + \
-            [f.resolve() for f in self.user_fragments]
+        _, base_frag, after_guest = BASES[self.base]
+        return ([base_frag] if base_frag else []) + [src / KVM_GUEST] + ([after_guest] if after_guest else []) + \
+            HARNESS_FRAGMENTS + [f.resolve() for f in self.user_fragments]
 
     def key(self, src_has_kvm_guest: bool = True) -> dict[str, object]:
         """What decides the config, for the build key (computed without running make)."""
-        base_frag = BASES[self.base][1]
-        frags = ([base_frag] if base_frag else []) + HARNESS_FRAGMENTS + list(self.user_fragments)
+        _, base_frag, after_guest = BASES[self.base]
+        frags = [f for f in (base_frag, after_guest) if f] + HARNESS_FRAGMENTS + list(self.user_fragments)
         return {"base": self.base, "fragments": [cache.sha256_file(f) for f in frags]}
 
 

@@ -66,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         env["KVM_HARNESS_CACHE"] = tmp_cache
     runs = [("cold" if a.cold else "first", _run(a.args, env, a.results)), ("warm", _run(a.args, env, a.results))]
     print(f"\n{'run':6} {'exit':>4} {'wall s':>8} {'build s':>8} {'cached':>6} {'workloads s':>11} "
-          f"{'overhead s':>10}  ssh-ready s (per boot)")
+          f"{'overhead s':>10} {'capture s':>9} {'check s':>7}  ssh-ready s (per boot)")
     for name, m in runs:
         t = m.get("timings") or {}
         print(f"{name:6} {m['rc']:>4} {m['wall_s']:>8} {t.get('build_s', '-'):>8} {str(t.get('build_cached', '-')):>6} "
-              f"{t.get('workloads_s', '-'):>11} {t.get('overhead_s', '-'):>10}  {t.get('ssh_ready_s')}")
+              f"{t.get('workloads_s', '-'):>11} {t.get('overhead_s', '-'):>10} {t.get('capture_s', '-'):>9} "
+              f"{t.get('check_s', '-'):>7}  {t.get('ssh_ready_s')}")
     print(f"machine: {os.cpu_count()} CPUs; accelerator: {(runs[-1][1].get('accelerator') or {}).get('name')}")
     if tmp_cache:
         print(f"(cold cache root kept for inspection: {tmp_cache}; remove it when done)")

@@ -180,11 +180,21 @@ def _boot(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, tag: str) -> t
 
 def _shutdown(vm: vm_mod.VM, guest: Guest | None, fast: bool = False) -> None:
     """Power the guest off and stop QEMU; `fast` (interrupt, error) skips the courtesy."""
+    t0 = time.monotonic()
+    try:
+        _shutdown_steps(vm, guest, fast)
+    finally:
+        log.debug("VM %s stopped in %.1f s", vm.tag, time.monotonic() - t0)
+
+
+def _shutdown_steps(vm: vm_mod.VM, guest: Guest | None, fast: bool) -> None:
     fast = fast or proc.interrupted() is not None
     if guest is not None:
         if not fast:
             try:
-                guest.run("sync; poweroff -f", 5)
+                # reboot, not poweroff: QEMU runs with -no-reboot, so this ends it
+                # whether or not the guest kernel has ACPI (the trimmed one has none).
+                guest.run("sync; reboot -f", 5)
             except Exception:
                 pass  # the connection drops as the guest powers off
         guest.close()
@@ -196,14 +206,15 @@ def _shutdown(vm: vm_mod.VM, guest: Guest | None, fast: bool = False) -> None:
     vm.stop(fast=fast)
 
 
-def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: float) -> tuple[TestResult, dict[str, object]]:
+def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: float,
+               smp: int) -> tuple[TestResult, dict[str, object]]:
     facts_text = guest.check(FACTS_SCRIPT, 30)
     facts, raw = parse_facts(facts_text)
     dmesg = guest.check("dmesg -c", 30)
     (out / f"dmesg-{tag}.txt").write_text(dmesg)
     findings = health.scan(dmesg, f"dmesg-{tag}.txt")
     fp = {"vendor": facts.vendor, "nested": facts.nested, "tdp": facts.tdp, "tdp_mmu": facts.tdp_mmu,
-          "instrumented": raw.get("instrumented") == "1",
+          "instrumented": raw.get("instrumented") == "1", "cpus": facts.cpus,
           "guest_kernel": raw.get("release", ""), "kvm_log": facts.kvm_lines, "ssh_ready_s": round(ssh_ready_s, 2)}
     problems = facts.problems(mode)
     res = TestResult(f"kvm.{mode.name}.boot", PASS, ssh_ready_s, evidence={"fingerprint": fp},
@@ -215,6 +226,8 @@ def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: fl
         res.status, res.reason = FAIL, "; ".join(problems)
     elif problems:
         res.status, res.reason = ERROR, "MMU mode not reached: " + "; ".join(problems)
+    elif facts.cpu_problem(smp):
+        res.status, res.reason = ERROR, facts.cpu_problem(smp)
     return res, fp
 
 
@@ -228,9 +241,15 @@ def _consistency_case(path: str, mode: MmuMode, cap: capture.Captured | None, wh
     res.evidence = {"counts": verdict.counts, "vanished_dumps": cap.vanished, "ring_buffer_lost": cap.ring_lost,
                     "capture_dir": str(cap.dir)}
     res.status, res.reason = verdict.status, verdict.reason
-    if cap.ring_lost and res.status != "FAIL":
+    res.evidence["ring_buffer_entries"] = cap.ring_entries
+    if cap.ring_lost and res.status != FAIL:
         res.status = ERROR
         res.reason = f"the trace ring buffer lost {cap.ring_lost} events; {verdict.reason}"
+    elif cap.ring_entries is not None and verdict.counts.get("events") != cap.ring_entries:
+        # Incomplete evidence: even a finding made on it may be an artefact of the missing events.
+        res.status = ERROR
+        res.reason = (f"the trace gave {verdict.counts.get('events')} events but the guest's ring buffer held "
+                      f"{cap.ring_entries} (truncated or unreadable {cap.trace}); {verdict.reason}")
     if res.status == SKIP and mode.reaches_patched_code:
         # A mode that should reach the shadow MMU showed none of it: that is not a skip.
         res.status, res.reason = ERROR, f"mode {mode.name} should reach the patched code but: {verdict.reason}"
@@ -251,9 +270,15 @@ def _forensics(vm: vm_mod.VM, guest: Guest | None, out: Path, path: str, why: st
     res.artifacts.append(str(dest.relative_to(out)))
 
 
+def _add_time(timings: dict[str, object] | None, key: str, seconds: float) -> None:
+    """Accumulate a phase's time over the run (metadata.json timings; `make measure` prints them)."""
+    if timings is not None:
+        timings[key] = round(float(timings.get(key, 0.0)) + seconds, 1)  # type: ignore[arg-type]
+
+
 def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mode: MmuMode, out: Path, tag: str,
                   check: bool = False, settings: capture.CaptureSettings | None = None,
-                  attempt: int = 1) -> list[TestResult]:
+                  attempt: int = 1, timings: dict[str, object] | None = None) -> list[TestResult]:
     proc.check_interrupted()
     path = w.path(mode.name)
     console_mark = len(vm.console())
@@ -262,7 +287,9 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
     cap: capture.Captured | None = None
     why_not = ""
     if check:
+        t_start = time.monotonic()
         why_not = capture.start(guest, settings or capture.CaptureSettings())
+        _add_time(timings, "capture_s", time.monotonic() - t_start)
     t0 = time.monotonic()
     try:
         r = guest.run(w.command(), w.timeout_s)
@@ -295,7 +322,10 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
         return [res] + ([_consistency_case(path, mode, None, "workload timed out")] if check else [])
     if check and not why_not:
         safe = path.replace("/", "_")
+        t_cap = time.monotonic()
         cap = capture.stop_and_fetch(guest, out / "capture" / (safe if attempt == 1 else f"{safe}.attempt{attempt}"))
+        log.debug("%s: capture stopped and fetched in %.1f s", path, time.monotonic() - t_cap)
+        _add_time(timings, "capture_s", time.monotonic() - t_cap)
     if r.rc == KSFT_PASS:
         res.status = PASS
     elif r.rc == KSFT_SKIP:
@@ -323,7 +353,11 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
             res.reason += "; kernel reported: " + "; ".join(f.summary() for f in findings)
         res.output += "\n" + "\n".join(f.excerpt for f in findings)
     if check:
-        return [res, _consistency_case(path, mode, cap, why_not)]
+        t_check = time.monotonic()
+        verdict = _consistency_case(path, mode, cap, why_not)
+        log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t_check)
+        _add_time(timings, "check_s", time.monotonic() - t_check)
+        return [res, verdict]
     return [res]
 
 
@@ -351,7 +385,7 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
         timings.setdefault("ssh_ready_s", []).append(round(ready_s, 2))  # type: ignore[union-attr]
         try:
             if boot_no == 1:
-                boot_res, fp = _boot_case(mode, guest, out, tag, ready_s)
+                boot_res, fp = _boot_case(mode, guest, out, tag, ready_s, vm.spec.smp)
                 results.append(boot_res)
                 timings.setdefault("fingerprint", {})[mode.name] = fp  # type: ignore[index]
                 if boot_res.status != PASS:
@@ -374,13 +408,13 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
                 w = pending.pop(0)
                 try:
                     res_list = _run_workload(guest, vm, w, mode, out, tag,
-                                             do_check and isinstance(w, Workload), req.capture)
+                                             do_check and isinstance(w, Workload), req.capture, timings=timings)
                     if _worth_a_retry(res_list[0], req):
                         log.warning("%s failed (%s); running it once more before calling it a regression",
                                     res_list[0].path, res_list[0].reason)
                         res_list = _merge_attempts(res_list, _run_workload(
                             guest, vm, w, mode, out, tag, do_check and isinstance(w, Workload), req.capture,
-                            attempt=2))
+                            attempt=2, timings=timings))
                 except Interrupted as e:
                     results.append(TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}"))
                     raise

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,8 +109,12 @@ def from_tarball(tarball: Path, root: Path) -> Workspace:
         if not (entry / "base.json").exists():
             log.info("unpacking %s into the cache (once per tarball)", tarball)
             with cache.publishing(entry) as tmp:
-                with tarfile.open(tarball) as tf:
-                    tf.extractall(tmp / "unpack", filter="tar")
+                (tmp / "unpack").mkdir()
+                # GNU tar, not Python's tarfile: 10 s instead of ~25 s for 87k files.
+                r = proc.run(["tar", "-x", "--no-same-owner", "-f", str(tarball), "-C", str(tmp / "unpack")])
+                if r.returncode != 0:
+                    raise UsageError(f"kernel source tarball {tarball} cannot be unpacked: "
+                                     f"{' '.join(r.stderr.split())[-300:]}")
                 tops = list((tmp / "unpack").iterdir())
                 if len(tops) != 1 or not tops[0].is_dir():
                     raise InfraError(f"{tarball}: expected one top-level directory, found {len(tops)}")
@@ -119,11 +122,15 @@ def from_tarball(tarball: Path, root: Path) -> Workspace:
                 (tmp / "unpack").rmdir()
                 src = tmp / "src"
                 version = kernel_version(src)
-                for args in (["init", "-q"], ["add", "-A", "-f", "."],
+                # Objects stay loose and uncompressed (hashing 1.4 GB is the cost, not zlib: 11 s
+                # instead of 20 s), and automatic gc is off: `git am` would otherwise start a
+                # background repack of ~90k objects that competes with the kernel build.
+                for args in (["init", "-q"], ["config", "gc.auto", "0"], ["config", "maintenance.auto", "false"],
+                             ["-c", "core.looseCompression=0", "add", "-A", "-f", "."],
                              ["commit", "-q", "-m", f"{tarball.name} {version} sha256:{sha}"]):
                     r = proc.run(["git", *GIT_ID, "-C", str(src), *args])
                     if r.returncode != 0:
-                        raise InfraError(f"git {args[0]} in the unpacked source failed: {r.stderr[-400:]}")
+                        raise InfraError(f"git {' '.join(args[:3])} in the unpacked source failed: {r.stderr[-400:]}")
                 commit = proc.run(["git", "-C", str(src), "rev-parse", "HEAD"]).stdout.strip()
                 cache.write_json(tmp / "base.json", {"commit": commit, "version": version})
     base = json.loads((entry / "base.json").read_text())
@@ -151,6 +158,8 @@ def from_tree(tree: Path, root: Path) -> Workspace:
                 r = proc.run(["git", "clone", "-q", "--shared", "--no-checkout", str(tree), str(tmp / "src")])
                 if r.returncode != 0:
                     raise InfraError(f"git clone --shared {tree} failed: {r.stderr[-400:]}")
+                for key, val in (("gc.auto", "0"), ("maintenance.auto", "false")):  # no background repack
+                    proc.run(["git", "-C", str(tmp / "src"), "config", key, val])
         r = proc.run(["git", "-C", str(entry / "src"), "fetch", "-q", "--no-tags", str(tree), commit])
         if r.returncode != 0:
             raise InfraError(f"git fetch of {commit} from {tree} failed: {r.stderr[-400:]}")

@@ -110,6 +110,7 @@ class ModeFacts:
     nested: str = ""
     tdp: str = ""             # npt or ept parameter
     tdp_mmu: str = ""
+    cpus: int = 0             # CPUs the guest kernel brought up
     kvm_lines: list[str] = field(default_factory=list)
 
     def problems(self, mode: MmuMode) -> list[str]:
@@ -128,6 +129,14 @@ class ModeFacts:
             p.append(f"kvm.tdp_mmu={self.tdp_mmu or '?'}, mode {mode.name} needs {want_mmu}")
         return p
 
+    def cpu_problem(self, want: int) -> str:
+        """The guest must run on every vCPU QEMU gave it: one CPU would serialise the workload and its
+        capture, and hide the races between a vCPU's faults and the dirty-log ioctls the checks are for."""
+        if want and self.cpus != want:
+            return (f"the guest kernel brought up {self.cpus} CPU(s) of the {want} QEMU gave it (-smp {want}); "
+                    "without ACPI it finds CPUs in the firmware's MP table (qboot writes them all)")
+        return ""
+
 
 FACTS_SCRIPT = r"""
 v=; grep -qw svm /proc/cpuinfo && v=kvm_amd; grep -qw vmx /proc/cpuinfo && v=kvm_intel
@@ -139,6 +148,7 @@ echo "nested=$(cat $p/nested 2>/dev/null)"
 [ "$v" = kvm_intel ] && echo "tdp=$(cat $p/ept 2>/dev/null)"
 echo "tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)"
 echo "release=$(uname -r)"
+echo "cpus=$(grep -c ^processor /proc/cpuinfo)"
 [ -d /sys/kernel/tracing/events/kvmmmu/kvm_mmu_pw_spte ] && echo instrumented=1 || echo instrumented=0
 dmesg | grep -E 'kvm(_amd|_intel)?:' | sed 's/^/kvm_line=/'
 """
@@ -159,6 +169,7 @@ def parse_facts(text: str) -> tuple[ModeFacts, dict[str, str]]:
     tdp = raw.get("tdp", "")
     f.tdp = {"1": "Y", "0": "N"}.get(tdp, tdp)
     f.tdp_mmu = raw.get("tdp_mmu", "")
+    f.cpus = int(raw["cpus"]) if raw.get("cpus", "").isdigit() else 0
     if f.vendor and not any(f.vendor + ":" in ln for ln in f.kvm_lines):
         f.vendor = ""  # the CPU flag alone does not prove the module initialised
     return f, raw

@@ -9,7 +9,8 @@ PACKAGES=(
     qemu-system-x86 qemu-utils            # the VM
     linux-source-6.12                     # the default kernel source
     build-essential bc bison flex libelf-dev libssl-dev ccache cpio xz-utils kmod rsync git
-    busybox-static dropbear-bin           # the guest initramfs (vm-images/packages)
+    busybox-static dropbear-bin trace-cmd # the guest initramfs (vm-images/packages); trace-cmd also reads
+                                          # the captured trace.dat on the host
     python3 python3-venv
 )
 missing=()

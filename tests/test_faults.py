@@ -191,7 +191,7 @@ def test_failed_configure_restores_the_shared_config(tmp_path, monkeypatch, oldd
     frag = tmp_path / "want.config"
     frag.write_text("CONFIG_WANTED=y\n")
     monkeypatch.setattr(kconfig, "HARNESS_FRAGMENTS", [])
-    monkeypatch.setitem(kconfig.BASES, "trim", ("tinyconfig", None))
+    monkeypatch.setitem(kconfig.BASES, "trim", ("tinyconfig", None, None))
     with pytest.raises(ConfigError) as e:
         kconfig.configure(src, obj, kconfig.ConfigRequest("trim", [frag]), tmp_path / "build.log")
     if olddefconfig_rc == 0:
@@ -209,7 +209,7 @@ def test_interrupted_configure_restores_the_shared_config(tmp_path, monkeypatch)
     obj.mkdir()
     (obj / ".config").write_text("CONFIG_PREVIOUS_GOOD_BUILD=y\n")
     monkeypatch.setattr(kconfig, "HARNESS_FRAGMENTS", [])
-    monkeypatch.setitem(kconfig.BASES, "trim", ("tinyconfig", None))
+    monkeypatch.setitem(kconfig.BASES, "trim", ("tinyconfig", None, None))
     real_run = proc.run
 
     def interrupted_at_olddefconfig(cmd, **kw):

@@ -64,3 +64,12 @@ def test_missing_tarball_names_it_and_the_setup(tmp_path):
 def test_kernel_version_reads_the_makefile(tmp_path):
     (tmp_path / "Makefile").write_text("VERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\nEXTRAVERSION =\nNAME = Baby Opossum Posse\n")
     assert source.kernel_version(tmp_path) == "6.12.117"
+
+
+def test_corrupt_tarball_is_named_and_leaves_no_cache_entry(tmp_path):
+    bad = tmp_path / "linux-source-6.12.tar.xz"
+    bad.write_bytes(b"\xfd7zXZ\x00 not really xz")
+    with pytest.raises(UsageError, match=r"linux-source-6.12.tar.xz cannot be unpacked: .*tar"):
+        source.from_tarball(bad, tmp_path / "cache")
+    entries = [p.name for p in (tmp_path / "cache" / "sources").iterdir()]
+    assert not any(n.startswith("tarball-") and n.rsplit(".", 1)[-1] not in ("lock", "json") for n in entries), entries

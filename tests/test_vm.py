@@ -17,7 +17,7 @@ def test_command_line_is_complete_and_private():
     cmd = vm.qemu_command(_spec(), Path("/r/console.log"), Path("/tmp/x/qmp.sock"))
     s = " ".join(cmd)
     assert cmd[0] == "qemu-system-x86_64"
-    assert "-accel tcg -cpu max" in s and "-no-reboot" in s and "-device pvpanic" in s
+    assert "-accel tcg -cpu max" in s and "-no-reboot" in s and "-device pvpanic-pci" in s and "-bios /usr/share/qemu/qboot.rom" in s
     # SSH forwarded on loopback only; the guest reaches nothing.
     assert "hostfwd=tcp:127.0.0.1:40022-:22" in s and "restrict=on" in s
     assert "-qmp unix:/tmp/x/qmp.sock,server=on,wait=off" in s

@@ -6,6 +6,7 @@ nested=1
 tdp=N
 tdp_mmu=N
 release=6.12.117
+cpus=2
 kvm_line=[    1.523000] kvm_amd: TSC scaling supported
 kvm_line=[    1.523600] kvm_amd: Nested Virtualization enabled
 kvm_line=[    1.523700] kvm_amd: Nested Paging disabled
@@ -45,3 +46,12 @@ def test_perf_figures():
     figs = perf_figures(out)
     assert figs["populate_s"] == 1.234567890 and figs["enable_dirty_logging_s"] == 0.002
     assert figs["get_dirty_log_total_s"] == 0.1 and figs["disable_dirty_logging_s"] == 0.01
+
+
+def test_a_guest_on_fewer_cpus_than_qemu_gave_is_named():
+    f, _ = parse_facts(FACTS_AMD_SHADOW)
+    assert f.cpus == 2 and f.cpu_problem(2) == ""
+    one, _ = parse_facts(FACTS_AMD_SHADOW.replace("cpus=2", "cpus=1"))
+    assert "brought up 1 CPU(s) of the 2 QEMU gave it (-smp 2)" in one.cpu_problem(2)
+    unknown, _ = parse_facts(FACTS_AMD_SHADOW.replace("cpus=2\n", ""))
+    assert unknown.cpus == 0 and "brought up 0 CPU(s)" in unknown.cpu_problem(2)

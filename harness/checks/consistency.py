@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import IO
 
 from harness.checks.debugfs import DumpFormatError, Masks, ShadowPage, Snapshot, decode_role, parse_dump
-from harness.checks.trace import PageEvent, SpteEvent, TraceFormatError, TraceStats, parse_trace
+from harness.checks.trace import (PageEvent, SpteEvent, TraceFormatError, TraceStats, is_trace_dat, parse_trace,
+                                  trace_dat_lines)
 
 PASS, FAIL, ERROR, SKIP = "PASS", "FAIL", "ERROR", "SKIP"
 RECENT_EVENTS = 6  # trace events shown per inconsistency
@@ -553,7 +554,8 @@ def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict
         if trace_path is None:
             return check(snapshots, [])
         stats = TraceStats()
-        with open_text(Path(trace_path)) as f:
+        reader = trace_dat_lines if is_trace_dat(Path(trace_path)) else open_text
+        with reader(Path(trace_path)) as f:
             events = list(parse_trace(f, stats=stats, source=str(trace_path)))
         return check(snapshots, events, lost_events=stats.lost_events, require_trace=True)
     except (DumpFormatError, TraceFormatError) as e:

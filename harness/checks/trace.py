@@ -8,9 +8,14 @@ at best and hide a kernel-side bug at worst.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 SPTE_EVENT = "kvm_mmu_pw_spte: "
 PAGE_EVENT = "kvm_mmu_pw_page: "
@@ -75,12 +80,13 @@ class TraceStats:
 # A hex field: 0x-prefixed, or a bare "0". The kernel prints %#llx of zero as "0x0", but `trace-cmd report`
 # formats in user space where glibc prints it as "0"; int(x, 16) takes both forms.
 _H = r"(0x[0-9a-fA-F]{1,16}|0)"
+# `trace-cmd report` pads the event name ("kvm_mmu_pw_page:      seq=..."), the kernel does not.
 _SPTE_RE = re.compile(
-    rf"kvm_mmu_pw_spte: seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
+    rf"kvm_mmu_pw_spte:\s+seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
     rf" idx=(\d+) old={_H} new={_H} count=(-?\d+)\s*\Z"
 )
 _PAGE_RE = re.compile(
-    rf"kvm_mmu_pw_page: seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
+    rf"kvm_mmu_pw_page:\s+seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
     r" op=(alloc|free) count=(-?\d+)\s*\Z"
 )
 _LOST_RE = re.compile(r"\[LOST (\d+) EVENTS\]")
@@ -170,3 +176,38 @@ def format_event(ev: SpteEvent | PageEvent) -> str:
                 f" count={ev.count}")
     return (f"kvm_mmu_pw_page: seq={ev.seq:#x} vm={ev.vm:#x} spt={ev.spt:#x} gfn={ev.gfn:#x}"
             f" role={ev.role:#x} level={ev.level} op={ev.op} count={ev.count}")
+
+
+TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
+
+
+def is_trace_dat(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(TRACE_DAT_MAGIC)) == TRACE_DAT_MAGIC
+
+
+@contextlib.contextmanager
+def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
+    """The text of a trace.dat (what `trace-cmd extract` wrote in the guest), by `trace-cmd report`.
+
+    Plugins off (-N): the events print exactly by their own format, whatever the host has installed.
+    A report that fails (truncated or corrupt file) raises OSError naming the file and trace-cmd's words,
+    after the lines it did give were read: a partial trace is never taken for a whole one.
+    """
+    exe = shutil.which("trace-cmd")
+    if exe is None:
+        raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([exe, "report", "-N", "-i", str(path)], stdout=subprocess.PIPE, stderr=err,
+                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1 << 20)
+        assert p.stdout is not None
+        try:
+            yield p.stdout
+            p.stdout.read()  # drain what the caller left, so the exit status is trace-cmd's own
+        finally:
+            p.stdout.close()
+            rc = p.wait()
+        if rc != 0:
+            err.seek(0)
+            words = " ".join(err.read().split())[-300:]
+            raise OSError(f"trace-cmd report -i {path} failed (exit {rc}): {words}")
