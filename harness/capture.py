@@ -61,7 +61,8 @@ echo 1 > $T/tracing_on
         rm -f $out; echo x >> {CAP}/vanished
       fi
     done
-    sleep {s.snapshot_interval_s}
+    # the interval in 0.2 s steps, so a stop request waits at most one step (not a whole interval)
+    i=0; while [ $i -lt {max(1, round(s.snapshot_interval_s / 0.2))} ] && [ ! -e {CAP}/stop ]; do sleep 0.2; i=$((i+1)); done
   done
   touch {CAP}/stopped
 ) >/dev/null 2>&1 &

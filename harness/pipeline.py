@@ -193,7 +193,7 @@ def _shutdown_steps(vm: vm_mod.VM, guest: Guest | None, fast: bool) -> None:
         if not fast:
             try:
                 # reboot, not poweroff: QEMU runs with -no-reboot, so this ends it
-                # whether or not the guest kernel has ACPI (the trimmed one has none).
+                # whatever the guest kernel's config (poweroff needs ACPI).
                 guest.run("sync; reboot -f", 5)
             except Exception:
                 pass  # the connection drops as the guest powers off
@@ -226,8 +226,8 @@ def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: fl
         res.status, res.reason = FAIL, "; ".join(problems)
     elif problems:
         res.status, res.reason = ERROR, "MMU mode not reached: " + "; ".join(problems)
-    elif facts.cpu_problem(smp):
-        res.status, res.reason = ERROR, facts.cpu_problem(smp)
+    elif facts.cpu_problem(smp) or facts.tsc_problem():
+        res.status, res.reason = ERROR, "; ".join(x for x in (facts.cpu_problem(smp), facts.tsc_problem()) if x)
     return res, fp
 
 

@@ -111,6 +111,7 @@ class ModeFacts:
     tdp: str = ""             # npt or ept parameter
     tdp_mmu: str = ""
     cpus: int = 0             # CPUs the guest kernel brought up
+    tsc_khz_unknown: bool = False
     kvm_lines: list[str] = field(default_factory=list)
 
     def problems(self, mode: MmuMode) -> list[str]:
@@ -128,6 +129,15 @@ class ModeFacts:
         if self.tdp_mmu != want_mmu:
             p.append(f"kvm.tdp_mmu={self.tdp_mmu or '?'}, mode {mode.name} needs {want_mmu}")
         return p
+
+    def tsc_problem(self) -> str:
+        """KVM gives its vCPUs the host's TSC frequency: a guest kernel that could not calibrate its TSC
+        (no HPET or ACPI PM timer to measure against, and the PIT is unreliable under TCG) makes every
+        selftest abort in KVM_GET_TSC_KHZ. That is the environment's fault, not the series'."""
+        if self.tsc_khz_unknown:
+            return ("the guest kernel could not calibrate its TSC (\"could not calculate TSC khz\"): every KVM "
+                    "selftest would abort on KVM_GET_TSC_KHZ; give it ACPI (HPET/PM timer) or tsc_early_khz=")
+        return ""
 
     def cpu_problem(self, want: int) -> str:
         """The guest must run on every vCPU QEMU gave it: one CPU would serialise the workload and its
@@ -149,6 +159,7 @@ echo "nested=$(cat $p/nested 2>/dev/null)"
 echo "tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)"
 echo "release=$(uname -r)"
 echo "cpus=$(grep -c ^processor /proc/cpuinfo)"
+dmesg | grep -q "could not calculate TSC khz" && echo tsc_khz_unknown=1
 [ -d /sys/kernel/tracing/events/kvmmmu/kvm_mmu_pw_spte ] && echo instrumented=1 || echo instrumented=0
 dmesg | grep -E 'kvm(_amd|_intel)?:' | sed 's/^/kvm_line=/'
 """
@@ -170,6 +181,7 @@ def parse_facts(text: str) -> tuple[ModeFacts, dict[str, str]]:
     f.tdp = {"1": "Y", "0": "N"}.get(tdp, tdp)
     f.tdp_mmu = raw.get("tdp_mmu", "")
     f.cpus = int(raw["cpus"]) if raw.get("cpus", "").isdigit() else 0
+    f.tsc_khz_unknown = raw.get("tsc_khz_unknown") == "1"
     if f.vendor and not any(f.vendor + ":" in ln for ln in f.kvm_lines):
         f.vendor = ""  # the CPU flag alone does not prove the module initialised
     return f, raw

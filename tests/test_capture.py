@@ -21,7 +21,7 @@ def test_start_script_never_overwrites_and_checks_instrumentation():
     assert "echo 1234 > $T/buffer_size_kb" in s
     assert "kvm_mmu_pw_spte" in s and "kvm_mmu_pw_page" in s
     assert "instrumentation missing" in s and "exit 3" in s
-    assert "sleep 0.25" in s
+    assert "sleep 0.2;" in s and "[ $i -lt 1 ]" in s  # 0.25 s: one 0.2 s step, stop checked after each
     # a dump without its end line (VM gone mid-read) is counted, not kept
     assert "grep -q '^end '" in s and "vanished" in s
 

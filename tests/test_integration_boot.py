@@ -63,6 +63,8 @@ def test_guest_console_shows_nested_kvm_and_the_modes(boot_test):
     assert fp["shadow"]["tdp"] == "N" and fp["shadow"]["tdp_mmu"] == "N"
     assert fp["tdp_legacy"]["tdp"] == "Y" and fp["tdp_legacy"]["tdp_mmu"] == "N"
     assert fp["tdp_mmu"]["tdp"] == "Y" and fp["tdp_mmu"]["tdp_mmu"] == "Y"
+    # every boot ran on both vCPUs (-smp 2): the trimmed kernel has no ACPI, qboot's MP table lists them
+    assert all(fp[m]["cpus"] == 2 for m in ("shadow", "tdp_legacy", "tdp_mmu")), fp
     assert meta["accelerator"]["name"] in ("kvm", "tcg") and meta["accelerator"]["reason"]
 
 
@@ -98,7 +100,10 @@ def test_consistency_checked_where_the_patched_code_runs(boot_test):
             assert t["status"] == "PASS", (path, t["reason"])
             assert counts["pages"] > 0 and counts["events"] > 0 and counts["snapshot_comparisons"] > 0, path
             assert t["evidence"]["ring_buffer_lost"] == 0
+            # every event the guest's ring buffer held came back through trace.dat
+            assert t["evidence"]["ring_buffer_entries"] == counts["events"], path
         else:
             assert t["status"] == "SKIP" and "TDP MMU" in t["reason"], (path, t["reason"])
             assert counts["snapshots"] > 0  # the dumps were read: the skip is measured, not assumed
-    assert any((run / "capture").rglob("trace.txt.gz"))
+    dats = list((run / "capture").rglob("trace.dat"))
+    assert dats and all(d.read_bytes()[:10] == b"\x17\x08\x44tracing" for d in dats)

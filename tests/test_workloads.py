@@ -55,3 +55,10 @@ def test_a_guest_on_fewer_cpus_than_qemu_gave_is_named():
     assert "brought up 1 CPU(s) of the 2 QEMU gave it (-smp 2)" in one.cpu_problem(2)
     unknown, _ = parse_facts(FACTS_AMD_SHADOW.replace("cpus=2\n", ""))
     assert unknown.cpus == 0 and "brought up 0 CPU(s)" in unknown.cpu_problem(2)
+
+
+def test_a_guest_without_a_tsc_frequency_is_named():
+    f, _ = parse_facts(FACTS_AMD_SHADOW)
+    assert f.tsc_problem() == ""
+    bad, _ = parse_facts(FACTS_AMD_SHADOW + "tsc_khz_unknown=1\n")
+    assert "could not calibrate its TSC" in bad.tsc_problem() and "KVM_GET_TSC_KHZ" in bad.tsc_problem()
