@@ -42,7 +42,6 @@ NOT_ENFORCED_ON_TRIM = {
     "NET_9P": "no shared folder: the guest runs from an initramfs",
     "NET_9P_VIRTIO": "no shared folder: the guest runs from an initramfs",
     "VIRTIO_INPUT": "no input devices: serial console and SSH only",
-    "VIRTIO_BLK": "no disks and no block layer: the guest runs from an initramfs",
 }
 NOT_ENFORCED_ANYWHERE = {"S390_GUEST": "s390 only"}
 
