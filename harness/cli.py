@@ -59,7 +59,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("workloads")
     g.add_argument("--only", action="append", default=[], help="run only tests whose path contains this")
     g.add_argument("--iterations", type=int, default=5, help="dirty_log_test -i")
-    g.add_argument("--perf-bytes", default="256M", help="dirty_log_perf_test -b")
+    g.add_argument("--perf-bytes", default="128M", help="dirty_log_perf_test -b (guest memory each vCPU dirties)")
     g.add_argument("--timeout", type=float, default=240.0, help="per-test timeout in seconds")
     g.add_argument("--retries", type=int, default=1, choices=(0, 1),
                    help="run a failing selftest once more before calling it a FAIL (0: never); "

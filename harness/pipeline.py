@@ -8,6 +8,8 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,6 +272,47 @@ def _forensics(vm: vm_mod.VM, guest: Guest | None, out: Path, path: str, why: st
     res.artifacts.append(str(dest.relative_to(out)))
 
 
+class BackgroundChecks:
+    """Consistency verdicts computed in one worker thread while the guest goes on with the next workload.
+
+    The guest keeps about one host core busy (its vCPU running the nested guest); the check of a capture
+    (trace-cmd report, parse, replay: seconds for a shadow-MMU workload) uses what is left. Each verdict
+    fills in a result that is already in the run's list, in its place; `finish()` waits for all of them
+    and runs before the exit code is decided and before any report is written. An interrupted run does
+    not wait for checks that have not started: their results say so (ERROR)."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[TestResult, Future[TestResult]]] = []
+
+    def submit(self, placeholder: TestResult, check: Callable[[], TestResult]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvm-harness-check")
+        self._pending.append((placeholder, self._pool.submit(check)))
+
+    def finish(self, interrupted: bool = False) -> None:
+        if interrupted:  # every check not started yet is dropped before waiting for the running one
+            for _, fut in self._pending:
+                fut.cancel()
+        for placeholder, fut in self._pending:
+            if fut.cancelled():
+                placeholder.reason = "not checked: the run was interrupted first"
+                continue
+            try:
+                done = fut.result()
+            except Exception as e:  # a checker bug is the harness's fault: ERROR, with the cause
+                log.exception("consistency check of %s crashed", placeholder.path)
+                done = TestResult(placeholder.path, ERROR, reason=f"consistency check crashed: "
+                                                                  f"{type(e).__name__}: {e}")
+            placeholder.__dict__.update(done.__dict__)
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 def _add_time(timings: dict[str, object] | None, key: str, seconds: float) -> None:
     """Accumulate a phase's time over the run (metadata.json timings; `make measure` prints them)."""
     if timings is not None:
@@ -278,7 +321,8 @@ def _add_time(timings: dict[str, object] | None, key: str, seconds: float) -> No
 
 def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mode: MmuMode, out: Path, tag: str,
                   check: bool = False, settings: capture.CaptureSettings | None = None,
-                  attempt: int = 1, timings: dict[str, object] | None = None) -> list[TestResult]:
+                  attempt: int = 1, timings: dict[str, object] | None = None,
+                  checks: BackgroundChecks | None = None) -> list[TestResult]:
     proc.check_interrupted()
     path = w.path(mode.name)
     console_mark = len(vm.console())
@@ -353,16 +397,22 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
             res.reason += "; kernel reported: " + "; ".join(f.summary() for f in findings)
         res.output += "\n" + "\n".join(f.excerpt for f in findings)
     if check:
-        t_check = time.monotonic()
-        verdict = _consistency_case(path, mode, cap, why_not)
-        log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t_check)
-        _add_time(timings, "check_s", time.monotonic() - t_check)
-        return [res, verdict]
+        def verdict() -> TestResult:
+            t_check = time.monotonic()
+            v = _consistency_case(path, mode, cap, why_not)
+            log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t_check)
+            _add_time(timings, "check_s", time.monotonic() - t_check)
+            return v
+        if checks is None:
+            return [res, verdict()]
+        placeholder = TestResult(f"{path}.consistency", ERROR, reason="not checked yet")
+        checks.submit(placeholder, verdict)
+        return [res, placeholder]
     return [res]
 
 
 def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: dict[str, object],
-             results: list[TestResult] | None = None) -> list[TestResult]:
+             results: list[TestResult] | None = None, checks: BackgroundChecks | None = None) -> list[TestResult]:
     """Every selected test of one MMU mode; a test that hangs or loses the guest is
     followed by a fresh VM for the rest. Results are appended to `results` as they
     come, so an interrupted run keeps what it had."""
@@ -408,13 +458,16 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
                 w = pending.pop(0)
                 try:
                     res_list = _run_workload(guest, vm, w, mode, out, tag,
-                                             do_check and isinstance(w, Workload), req.capture, timings=timings)
+                                             do_check and isinstance(w, Workload), req.capture, timings=timings,
+                                             checks=checks)
                     if _worth_a_retry(res_list[0], req):
                         log.warning("%s failed (%s); running it once more before calling it a regression",
                                     res_list[0].path, res_list[0].reason)
-                        res_list = _merge_attempts(res_list, _run_workload(
-                            guest, vm, w, mode, out, tag, do_check and isinstance(w, Workload), req.capture,
-                            attempt=2, timings=timings))
+                        second = _run_workload(guest, vm, w, mode, out, tag, do_check and isinstance(w, Workload),
+                                               req.capture, attempt=2, timings=timings, checks=checks)
+                        if checks is not None:
+                            checks.finish()  # the merge compares both attempts' verdicts
+                        res_list = _merge_attempts(res_list, second)
                 except Interrupted as e:
                     results.append(TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}"))
                     raise
@@ -513,6 +566,7 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
     timings: dict[str, object] = {}
     build_meta: dict[str, object] | None = None
     status, code, error = "error", EXIT_INFRA, None
+    checks = BackgroundChecks()
     try:
         proc.check_interrupted()
         series = validate(req)
@@ -524,7 +578,8 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
             kernel_release=build_meta.get("kernel_release"))
         t_work = time.monotonic()
         for m in req.modes:
-            run_mode(req, p, MODES[m], out, timings, results)
+            run_mode(req, p, MODES[m], out, timings, results, checks)
+        checks.finish()
         proc.check_interrupted()   # a signal held back during the last QMP exchange
         timings["modes_s"] = round(time.monotonic() - t_work, 1)
         code = exit_code(results)
@@ -540,6 +595,8 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
     finally:
         with proc.deferred_interrupts():
             proc.kill_all_children()
+            checks.finish(interrupted=status == "interrupted" or proc.interrupted() is not None)
+            checks.close()
             workload_s = sum(r.duration_s for r in results if not r.path.endswith(".boot"))
             timings["total_s"] = round(time.monotonic() - t_start, 1)
             timings["workloads_s"] = round(workload_s, 1)

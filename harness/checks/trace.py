@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import proc
+
 SPTE_EVENT = "kvm_mmu_pw_spte: "
 PAGE_EVENT = "kvm_mmu_pw_page: "
 _MARK = "kvm_mmu_pw_"
@@ -198,8 +200,11 @@ def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
     if exe is None:
         raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
     with tempfile.TemporaryFile("w+") as err:
+        # Its own process group, known to the harness: an interrupted run kills it with the rest.
         p = subprocess.Popen([exe, "report", "-N", "-i", str(path)], stdout=subprocess.PIPE, stderr=err,
-                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1 << 20)
+                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1 << 20,
+                             start_new_session=True)
+        proc.register_group(p.pid)
         assert p.stdout is not None
         try:
             yield p.stdout
@@ -207,6 +212,7 @@ def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
         finally:
             p.stdout.close()
             rc = p.wait()
+            proc.unregister_group(p.pid)
         if rc != 0:
             err.seek(0)
             words = " ".join(err.read().split())[-300:]
