@@ -26,10 +26,10 @@ CAP = "/tmp/kvm-harness-capture"
 @dataclass
 class CaptureSettings:
     buffer_kb_per_cpu: int = 65536
-    # 1 s: each dump holds the VM's mmu_lock while it is built and costs the guest ~0.3 s of CPU
-    # under TCG (build + gzip); at 0.5 s the dumps slowed a shadow dirty_log_test by a third.
-    # A 20 s workload still gets ~15 dumps, and the trace replay covers every event in between.
-    snapshot_interval_s: float = 1.0
+    # 2 s: each dump is built under the VM's mmu_lock (the vCPU's faults wait) and costs the guest
+    # ~0.3 s under TCG; at 0.5 s the dumps slowed a shadow dirty_log_test by a third, at 1 s by a
+    # quarter. A 20 s workload still gets ~8 dumps, and the trace replay checks every event between.
+    snapshot_interval_s: float = 2.0
 
 
 def start_script(s: CaptureSettings) -> str:
