@@ -219,6 +219,7 @@ def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: fl
           "instrumented": raw.get("instrumented") == "1", "cpus": facts.cpus,
           "guest_kernel": raw.get("release", ""), "kvm_log": facts.kvm_lines, "ssh_ready_s": round(ssh_ready_s, 2)}
     problems = facts.problems(mode)
+    env_problems = [x for x in (facts.cpu_problem(smp), facts.tsc_problem()) if x]  # the machine's, not KVM's
     res = TestResult(f"kvm.{mode.name}.boot", PASS, ssh_ready_s, evidence={"fingerprint": fp},
                      output="\n".join(facts.kvm_lines))
     if findings:
@@ -228,8 +229,8 @@ def _boot_case(mode: MmuMode, guest: Guest, out: Path, tag: str, ssh_ready_s: fl
         res.status, res.reason = FAIL, "; ".join(problems)
     elif problems:
         res.status, res.reason = ERROR, "MMU mode not reached: " + "; ".join(problems)
-    elif facts.cpu_problem(smp) or facts.tsc_problem():
-        res.status, res.reason = ERROR, "; ".join(x for x in (facts.cpu_problem(smp), facts.tsc_problem()) if x)
+    elif env_problems:
+        res.status, res.reason = ERROR, "; ".join(env_problems)
     return res, fp
 
 
@@ -241,9 +242,8 @@ def _consistency_case(path: str, mode: MmuMode, cap: capture.Captured | None, wh
         return res
     verdict = check_files(cap.snapshots, cap.trace)
     res.evidence = {"counts": verdict.counts, "vanished_dumps": cap.vanished, "ring_buffer_lost": cap.ring_lost,
-                    "capture_dir": str(cap.dir)}
+                    "ring_buffer_entries": cap.ring_entries, "capture_dir": str(cap.dir)}
     res.status, res.reason = verdict.status, verdict.reason
-    res.evidence["ring_buffer_entries"] = cap.ring_entries
     if cap.ring_lost and res.status != FAIL:
         res.status = ERROR
         res.reason = f"the trace ring buffer lost {cap.ring_lost} events; {verdict.reason}"
@@ -320,9 +320,9 @@ def _add_time(timings: dict[str, object] | None, key: str, seconds: float) -> No
 
 
 def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mode: MmuMode, out: Path, tag: str,
-                  check: bool = False, settings: capture.CaptureSettings | None = None,
-                  attempt: int = 1, timings: dict[str, object] | None = None,
-                  checks: BackgroundChecks | None = None) -> list[TestResult]:
+                  check: bool = False, settings: capture.CaptureSettings | None = None, *,
+                  checks: BackgroundChecks, attempt: int = 1,
+                  timings: dict[str, object] | None = None) -> list[TestResult]:
     proc.check_interrupted()
     path = w.path(mode.name)
     console_mark = len(vm.console())
@@ -403,8 +403,6 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
             log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t_check)
             _add_time(timings, "check_s", time.monotonic() - t_check)
             return v
-        if checks is None:
-            return [res, verdict()]
         placeholder = TestResult(f"{path}.consistency", ERROR, reason="not checked yet")
         checks.submit(placeholder, verdict)
         return [res, placeholder]
@@ -412,11 +410,10 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
 
 
 def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: dict[str, object],
-             results: list[TestResult] | None = None, checks: BackgroundChecks | None = None) -> list[TestResult]:
+             results: list[TestResult], checks: BackgroundChecks) -> list[TestResult]:
     """Every selected test of one MMU mode; a test that hangs or loses the guest is
     followed by a fresh VM for the rest. Results are appended to `results` as they
-    come, so an interrupted run keeps what it had."""
-    results = [] if results is None else results
+    come, so an interrupted run keeps what it had; their consistency verdicts come from `checks`."""
     pending = selected_workloads(req, mode.name)
     boot_no = 0
     do_check = False
@@ -465,8 +462,7 @@ def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: di
                                     res_list[0].path, res_list[0].reason)
                         second = _run_workload(guest, vm, w, mode, out, tag, do_check and isinstance(w, Workload),
                                                req.capture, attempt=2, timings=timings, checks=checks)
-                        if checks is not None:
-                            checks.finish()  # the merge compares both attempts' verdicts
+                        checks.finish()  # the merge compares both attempts' verdicts
                         res_list = _merge_attempts(res_list, second)
                 except Interrupted as e:
                     results.append(TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}"))

@@ -24,6 +24,9 @@ from .errors import InfraError, UsageError
 log = logging.getLogger("kvm-harness")
 
 DEFAULT_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
+# In every workspace the harness owns: `git am` would otherwise start a background
+# `git gc --auto` (a repack of ~90k objects in a tarball's base) beside the kernel build.
+NO_BACKGROUND_GC = (("gc.auto", "0"), ("maintenance.auto", "false"))
 GIT_ID = ["-c", "user.name=kvm-harness", "-c", "user.email=kvm-harness@kvm-harness.invalid",
           "-c", "commit.gpgsign=false", "-c", "core.hooksPath=/dev/null"]
 
@@ -123,9 +126,8 @@ def from_tarball(tarball: Path, root: Path) -> Workspace:
                 src = tmp / "src"
                 version = kernel_version(src)
                 # Objects stay loose and uncompressed (hashing 1.4 GB is the cost, not zlib: 11 s
-                # instead of 20 s), and automatic gc is off: `git am` would otherwise start a
-                # background repack of ~90k objects that competes with the kernel build.
-                for args in (["init", "-q"], ["config", "gc.auto", "0"], ["config", "maintenance.auto", "false"],
+                # instead of 20 s), and automatic gc is off (NO_BACKGROUND_GC).
+                for args in (["init", "-q"], *(["config", k, v] for k, v in NO_BACKGROUND_GC),
                              ["-c", "core.looseCompression=0", "add", "-A", "-f", "."],
                              ["commit", "-q", "-m", f"{tarball.name} {version} sha256:{sha}"]):
                     r = proc.run(["git", *GIT_ID, "-C", str(src), *args])
@@ -158,7 +160,7 @@ def from_tree(tree: Path, root: Path) -> Workspace:
                 r = proc.run(["git", "clone", "-q", "--shared", "--no-checkout", str(tree), str(tmp / "src")])
                 if r.returncode != 0:
                     raise InfraError(f"git clone --shared {tree} failed: {r.stderr[-400:]}")
-                for key, val in (("gc.auto", "0"), ("maintenance.auto", "false")):  # no background repack
+                for key, val in NO_BACKGROUND_GC:
                     proc.run(["git", "-C", str(tmp / "src"), "config", key, val])
         r = proc.run(["git", "-C", str(entry / "src"), "fetch", "-q", "--no-tags", str(tree), commit])
         if r.returncode != 0:
