@@ -35,6 +35,15 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     # else: raised when the critical call (a QMP exchange) returns
 
 
+def _vms(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto: {text!r}") from None
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel")
     g.add_argument("--tree", type=Path, help="build from this kernel git tree (its HEAD; never modified)")
@@ -54,6 +63,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     g.add_argument("--smp", type=int, default=2)
     g.add_argument("--memory", default="3G", help="guest memory (the trace ring buffer lives there too)")
+    g.add_argument("--vms", type=_vms, default=None, metavar="N|auto",
+                   help="VMs running tests at once (default auto: one per host CPU, as memory allows)")
     g.add_argument("--append", action="append", default=[], help="extra guest kernel command-line word")
     g.add_argument("--boot-deadline", type=float, default=60.0, help="seconds from QEMU start to SSH ready")
     g = p.add_argument_group("workloads")
@@ -86,7 +97,7 @@ def request_from(args: argparse.Namespace) -> pipeline.RunRequest:
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
         results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,
         extra_append=list(args.append), consistency=args.consistency, retries=args.retries,
-        extra_workloads=[pipeline.parse_workload_cmd(w) for w in args.workload_cmd],
+        extra_workloads=[pipeline.parse_workload_cmd(w) for w in args.workload_cmd], vms=args.vms,
         plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
                           only=tuple(args.only)))
 

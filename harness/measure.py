@@ -4,8 +4,8 @@ Runs `kvm-harness boot-test` twice with the same options: first cold (with
 --cold: a fresh, empty cache root, so source unpack, kernel, selftests and
 image are all built, ccache empty), then warm (nothing changed). Prints wall
 time, build time, harness overhead (everything but the workloads' own run
-time) and QEMU-start-to-SSH-ready per boot, read from each run's
-metadata.json.
+time: the wall time during which no test ran) and QEMU-start-to-SSH-ready per
+boot, read from each run's metadata.json.
 """
 
 from __future__ import annotations
@@ -65,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         tmp_cache = tempfile.mkdtemp(prefix="kvm-harness-cold-cache-", dir=str(Path.home()))
         env["KVM_HARNESS_CACHE"] = tmp_cache
     runs = [("cold" if a.cold else "first", _run(a.args, env, a.results)), ("warm", _run(a.args, env, a.results))]
-    print(f"\n{'run':6} {'exit':>4} {'wall s':>8} {'build s':>8} {'cached':>6} {'workloads s':>11} "
+    # workloads: wall time during which at least one test ran (summed over the VMs in brackets);
+    # overhead: the rest of the run's wall time. capture/check: summed over the VMs.
+    print(f"\n{'run':6} {'exit':>4} {'wall s':>8} {'build s':>8} {'cached':>6} {'vms':>3} {'workloads s':>16} "
           f"{'overhead s':>10} {'capture s':>9} {'check s':>7}  ssh-ready s (per boot)")
     for name, m in runs:
         t = m.get("timings") or {}
+        work = f"{t.get('workloads_wall_s', '-')} ({t.get('workloads_s', '-')})"
         print(f"{name:6} {m['rc']:>4} {m['wall_s']:>8} {t.get('build_s', '-'):>8} {str(t.get('build_cached', '-')):>6} "
-              f"{t.get('workloads_s', '-'):>11} {t.get('overhead_s', '-'):>10} {t.get('capture_s', '-'):>9} "
+              f"{t.get('vms', '-'):>3} {work:>16} {t.get('overhead_s', '-'):>10} {t.get('capture_s', '-'):>9} "
               f"{t.get('check_s', '-'):>7}  {t.get('ssh_ready_s')}")
     print(f"machine: {os.cpu_count()} CPUs; accelerator: {(runs[-1][1].get('accelerator') or {}).get('name')}")
     if tmp_cache:

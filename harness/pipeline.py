@@ -7,14 +7,16 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import build as build_mod
-from . import cache, capture, forensics, image as image_mod, kconfig, proc, series as series_mod, source
+from . import cache, capture, forensics, image as image_mod, kconfig, proc, schedule, series as series_mod, source
 from . import vm as vm_mod
 from .checks import health
 from .checks.consistency import check_files
@@ -23,6 +25,7 @@ from .errors import (EXIT_BOOT, EXIT_INFRA, EXIT_OK, EXIT_SKIPPED, EXIT_TEST_FAI
 from .guest import Guest, console_tail, last_line, printable
 from .report import junit, kcidb, ktap, run_dir as run_dir_mod
 from .results import ERROR, FAIL, PASS, SKIP, TestResult, overall
+from .schedule import ResultBook, WorkQueue
 from .workloads import (FACTS_SCRIPT, KSFT_PASS, KSFT_SKIP, MODES, MmuMode, Workload, WorkloadPlan,
                         parse_facts, perf_figures, skip_reason)
 
@@ -49,6 +52,7 @@ class RunRequest:
     retries: int = 1            # a failing selftest is run once more before it is called a FAIL
     capture: capture.CaptureSettings = field(default_factory=capture.CaptureSettings)
     extra_workloads: list[tuple[str, str]] = field(default_factory=list)   # --workload-cmd NAME=CMD
+    vms: int | None = None      # VMs at once (None: auto, see schedule.lanes_for)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,9 @@ def validate(req: RunRequest) -> list[series_mod.Series]:
         raise UsageError(f"unknown accelerator {req.accel!r} (auto, kvm or tcg)")
     if req.boot_deadline_s <= 0 or req.plan.timeout_s <= 0:
         raise UsageError("--boot-deadline and --timeout must be positive numbers of seconds")
+    schedule.memory_bytes(req.memory)
+    if req.vms is not None and req.vms < 1:
+        raise UsageError(f"--vms must be at least 1 (or auto): {req.vms}")
     names = [n for n, _ in req.extra_workloads]
     if len(set(names)) != len(names):
         raise UsageError(f"--workload-cmd names must be unique: {', '.join(names)}")
@@ -273,28 +280,44 @@ def _forensics(vm: vm_mod.VM, guest: Guest | None, out: Path, path: str, why: st
 
 
 class BackgroundChecks:
-    """Consistency verdicts computed in one worker thread while the guest goes on with the next workload.
+    """Consistency verdicts computed in one worker thread while the guests go on with their next workloads.
 
-    The guest keeps about one host core busy (its vCPU running the nested guest); the check of a capture
+    A guest keeps about one host core busy (its vCPU running the nested guest); the check of a capture
     (trace-cmd report, parse, replay: seconds for a shadow-MMU workload) uses what is left. Each verdict
     fills in a result that is already in the run's list, in its place; `finish()` waits for all of them
     and runs before the exit code is decided and before any report is written. An interrupted run does
-    not wait for checks that have not started: their results say so (ERROR)."""
+    not wait for checks that have not started: their results say so (ERROR). Every VM lane submits
+    here, so the bookkeeping is under a lock."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[tuple[TestResult, Future[TestResult]]] = []
 
     def submit(self, placeholder: TestResult, check: Callable[[], TestResult]) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvm-harness-check")
-        self._pending.append((placeholder, self._pool.submit(check)))
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvm-harness-check")
+            self._pending.append((placeholder, self._pool.submit(check)))
+
+    def wait_for(self, placeholders: list[TestResult]) -> None:
+        """Fill in these placeholders now (a retry compares both attempts' verdicts)."""
+        with self._lock:
+            mine = [(ph, f) for ph, f in self._pending if any(ph is x for x in placeholders)]
+            self._pending = [(ph, f) for ph, f in self._pending if not any(ph is x for x in placeholders)]
+        self._resolve(mine)
 
     def finish(self, interrupted: bool = False) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
         if interrupted:  # every check not started yet is dropped before waiting for the running one
-            for _, fut in self._pending:
+            for _, fut in pending:
                 fut.cancel()
-        for placeholder, fut in self._pending:
+        self._resolve(pending)
+
+    @staticmethod
+    def _resolve(pending: list[tuple[TestResult, Future[TestResult]]]) -> None:
+        for placeholder, fut in pending:
             if fut.cancelled():
                 placeholder.reason = "not checked: the run was interrupted first"
                 continue
@@ -305,24 +328,44 @@ class BackgroundChecks:
                 done = TestResult(placeholder.path, ERROR, reason=f"consistency check crashed: "
                                                                   f"{type(e).__name__}: {e}")
             placeholder.__dict__.update(done.__dict__)
-        self._pending.clear()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _add_time(timings: dict[str, object] | None, key: str, seconds: float) -> None:
-    """Accumulate a phase's time over the run (metadata.json timings; `make measure` prints them)."""
-    if timings is not None:
-        timings[key] = round(float(timings.get(key, 0.0)) + seconds, 1)  # type: ignore[arg-type]
+class Timings(dict):  # type: ignore[type-arg]
+    """metadata.json's `timings`. The VM lanes add to it at once: sums and lists under a lock, and
+    each workload's [start, end] kept aside, so the harness's overhead is the wall time during
+    which no workload ran (with several VMs, their workloads overlap each other's boots)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.intervals: list[tuple[float, float]] = []
+
+    def add(self, key: str, seconds: float) -> None:
+        with self._lock:
+            self[key] = round(float(self.get(key, 0.0)) + seconds, 1)
+
+    def append(self, key: str, value: object) -> None:
+        with self._lock:
+            self.setdefault(key, []).append(value)
+
+    def put(self, key: str, sub: str, value: object) -> None:
+        with self._lock:
+            self.setdefault(key, {})[sub] = value
+
+    def workload_ran(self, start: float, end: float) -> None:
+        with self._lock:
+            self.intervals.append((start, end))
 
 
 def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mode: MmuMode, out: Path, tag: str,
                   check: bool = False, settings: capture.CaptureSettings | None = None, *,
-                  checks: BackgroundChecks, attempt: int = 1,
-                  timings: dict[str, object] | None = None) -> list[TestResult]:
+                  checks: BackgroundChecks, timings: Timings, attempt: int = 1) -> list[TestResult]:
     proc.check_interrupted()
     path = w.path(mode.name)
     console_mark = len(vm.console())
@@ -333,12 +376,13 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
     if check:
         t_start = time.monotonic()
         why_not = capture.start(guest, settings or capture.CaptureSettings())
-        _add_time(timings, "capture_s", time.monotonic() - t_start)
+        timings.add("capture_s", time.monotonic() - t_start)
     t0 = time.monotonic()
     try:
         r = guest.run(w.command(), w.timeout_s)
     except GuestError as e:
         res.duration_s = time.monotonic() - t0
+        timings.workload_ran(t0, t0 + res.duration_s)
         # The guest went away under the test: a kernel crash is the test's FAIL, anything else an ERROR.
         proc.check_interrupted()
         time.sleep(0.5)  # let a dying QEMU finish, so its end is reported as it was
@@ -353,6 +397,7 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
         _forensics(vm, guest, out, path, "guest lost during the test", res)
         return [res] + ([_consistency_case(path, mode, None, "guest lost during the workload")] if check else [])
     res.duration_s = r.seconds
+    timings.workload_ran(t0, t0 + r.seconds)
     res.output = printable(r.stdout + r.stderr)[-20000:]   # a test's terminal escapes would break junit.xml
     with open(out / f"workloads-{tag}.log", "a") as f:
         f.write(f"### {path}\n$ {w.command()}\n{r.stdout}{r.stderr}\n### exit {r.rc} after {r.seconds:.1f}s\n")
@@ -369,7 +414,7 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
         t_cap = time.monotonic()
         cap = capture.stop_and_fetch(guest, out / "capture" / (safe if attempt == 1 else f"{safe}.attempt{attempt}"))
         log.debug("%s: capture stopped and fetched in %.1f s", path, time.monotonic() - t_cap)
-        _add_time(timings, "capture_s", time.monotonic() - t_cap)
+        timings.add("capture_s", time.monotonic() - t_cap)
     if r.rc == KSFT_PASS:
         res.status = PASS
     elif r.rc == KSFT_SKIP:
@@ -401,7 +446,7 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
             t_check = time.monotonic()
             v = _consistency_case(path, mode, cap, why_not)
             log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t_check)
-            _add_time(timings, "check_s", time.monotonic() - t_check)
+            timings.add("check_s", time.monotonic() - t_check)
             return v
         placeholder = TestResult(f"{path}.consistency", ERROR, reason="not checked yet")
         checks.submit(placeholder, verdict)
@@ -409,78 +454,134 @@ def _run_workload(guest: Guest, vm: vm_mod.VM, w: Workload | CommandWorkload, mo
     return [res]
 
 
-def run_mode(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: dict[str, object],
-             results: list[TestResult], checks: BackgroundChecks) -> list[TestResult]:
-    """Every selected test of one MMU mode; a test that hangs or loses the guest is
-    followed by a fresh VM for the rest. Results are appended to `results` as they
-    come, so an interrupted run keeps what it had; their consistency verdicts come from `checks`."""
-    pending = selected_workloads(req, mode.name)
-    boot_no = 0
+def run_lanes(req: RunRequest, p: Prepared, out: Path, timings: Timings, book: ResultBook,
+              checks: BackgroundChecks) -> None:
+    """Every selected test of every MMU mode, on `--vms` VMs at once (schedule.py says why and how).
+    Results go into `book` as they come, so an interrupted run keeps what it had; their consistency
+    verdicts come from `checks`. A mode with no test selected is still booted (its boot case)."""
+    plan = {m: selected_workloads(req, m) for m in req.modes}
+    queue: WorkQueue[Workload | CommandWorkload | None] = WorkQueue({m: [*ws] or [None] for m, ws in plan.items()})
+    lanes, why = schedule.lanes_for(req.vms, req.memory, len(queue))
+    timings["vms"] = lanes
+    log.info("%d test(s) in %d MMU mode(s), on %d VM(s) at once (%s)", sum(map(len, plan.values())),
+             len(plan), lanes, why)
+    if lanes == 1:
+        _lane(0, req, p, out, timings, book, checks, queue)
+        return
+    pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="kvm-harness-vm")
+    futures = [pool.submit(_lane, n, req, p, out, timings, book, checks, queue) for n in range(lanes)]
+    try:
+        while not all(f.done() for f in futures):
+            wait_futures(futures, timeout=0.5)
+            proc.check_interrupted()  # a signal held back while a lane was talking QMP
+    except BaseException:
+        # Interrupted: each lane sees it within a second (guest.run polls for it); killing the
+        # QEMUs now also ends any SSH transfer a lane is blocked in.
+        proc.kill_all_children()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for f in futures:  # the lanes that got on with it have finished: now the first harness fault
+        if f.exception() is not None:
+            raise f.exception()  # type: ignore[misc]
+
+
+def _lane(lane: int, req: RunRequest, p: Prepared, out: Path, timings: Timings, book: ResultBook, checks: BackgroundChecks,
+          queue: WorkQueue[Workload | CommandWorkload | None]) -> None:
+    """One VM at a time: it runs the tests of its mode while the mode has some left, then the lane
+    boots a VM for whatever test is next. A test that hangs or loses the guest is followed by a
+    fresh VM for the rest."""
+    vm: vm_mod.VM | None = None
+    guest: Guest | None = None
+    mode: MmuMode | None = None
     do_check = False
-    while True:
-        boot_no += 1
-        tag = mode.name if boot_no == 1 else f"{mode.name}-{boot_no}"
-        try:
-            vm, guest, ready_s = _boot(req, p, mode, out, tag)
-        except BootError as e:
-            (out / f"boot-error-{tag}.txt").write_text(f"{e}\n\n{e.detail}\n")
-            results.append(TestResult(f"kvm.{mode.name}.boot" + ("" if boot_no == 1 else f".{boot_no}"), ERROR,
-                                      reason=str(e), output=e.detail, evidence={"boot_error": True},
-                                      artifacts=[f"boot-error-{tag}.txt", f"console-{tag}.log"]))
-            results += [TestResult(w.path(mode.name), ERROR, reason=f"not run: boot failed ({e})") for w in pending]
-            return results
-        timings.setdefault("ssh_ready_s", []).append(round(ready_s, 2))  # type: ignore[union-attr]
-        try:
-            if boot_no == 1:
-                boot_res, fp = _boot_case(mode, guest, out, tag, ready_s, vm.spec.smp)
-                results.append(boot_res)
-                timings.setdefault("fingerprint", {})[mode.name] = fp  # type: ignore[index]
-                if boot_res.status != PASS:
-                    results += [TestResult(w.path(mode.name), ERROR,
-                                           reason=f"not run: {boot_res.reason}") for w in pending]
-                    _shutdown(vm, guest)
-                    return results
-            else:
-                guest.check("dmesg -c >/dev/null", 30)
-            if boot_no == 1:
-                instrumented = bool(fp.get("instrumented"))
-                do_check = req.consistency == "auto" and instrumented
-                if req.consistency == "auto" and not instrumented and _series_has_instrumentation(p):
-                    results += [TestResult(f"{w.path(mode.name)}.consistency", ERROR,
-                                           reason="the instrumentation series was applied but the guest has no "
-                                                  "kvmmmu:kvm_mmu_pw_spte tracepoint")
-                                for w in pending if isinstance(w, Workload)]
-            restart = False
-            while pending:
-                w = pending.pop(0)
-                try:
-                    res_list = _run_workload(guest, vm, w, mode, out, tag,
-                                             do_check and isinstance(w, Workload), req.capture, timings=timings,
-                                             checks=checks)
-                    if _worth_a_retry(res_list[0], req):
-                        log.warning("%s failed (%s); running it once more before calling it a regression",
-                                    res_list[0].path, res_list[0].reason)
-                        second = _run_workload(guest, vm, w, mode, out, tag, do_check and isinstance(w, Workload),
-                                               req.capture, attempt=2, timings=timings, checks=checks)
-                        checks.finish()  # the merge compares both attempts' verdicts
-                        res_list = _merge_attempts(res_list, second)
-                except Interrupted as e:
-                    results.append(TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}"))
-                    raise
-                results += res_list
-                res = res_list[0]
-                if res.timed_out or res.evidence.get("guest_lost"):
-                    restart = True  # the rest goes on in a fresh VM
-                    if pending:
-                        log.info("%s: %s; the remaining %d test(s) go on in a fresh VM", res.path,
-                                 "timed out" if res.timed_out else "lost the guest", len(pending))
-                    break
-        except BaseException:
+    try:
+        while True:
+            proc.check_interrupted()
+            item = queue.take(lane, mode.name if mode else None)
+            if item is None:
+                break
+            if vm is not None and mode is not None and item.mode != mode.name:
+                _shutdown(vm, guest)
+                vm = guest = None
+            mode = MODES[item.mode]
+            if vm is None:
+                started = _start_vm(req, p, mode, out, timings, book)
+                if isinstance(started, str):  # no VM of this mode will run a test
+                    for it in [item, *queue.drain(mode.name)]:
+                        if it.workload is not None:
+                            book.add(mode.name, it.index, [TestResult(it.workload.path(mode.name), ERROR,
+                                                                      reason=f"not run: {started}")])
+                    continue
+                vm, guest, do_check = started
+            w = item.workload
+            if w is None:  # the mode's boot case was all there was to run
+                continue
+            check = do_check and isinstance(w, Workload)
+            try:
+                res_list = _run_workload(guest, vm, w, mode, out, vm.tag, check, req.capture,
+                                         checks=checks, timings=timings)
+                if _worth_a_retry(res_list[0], req):
+                    log.warning("%s failed (%s); running it once more before calling it a regression",
+                                res_list[0].path, res_list[0].reason)
+                    second = _run_workload(guest, vm, w, mode, out, vm.tag, check, req.capture,
+                                           checks=checks, timings=timings, attempt=2)
+                    checks.wait_for(res_list[1:] + second[1:])  # the merge compares both attempts' verdicts
+                    res_list = _merge_attempts(res_list, second)
+            except Interrupted as e:
+                book.add(mode.name, item.index, [TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}")])
+                raise
+            book.add(mode.name, item.index, res_list)
+            res = res_list[0]
+            if res.timed_out or res.evidence.get("guest_lost"):
+                log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path,
+                         "timed out" if res.timed_out else "lost the guest", mode.name)
+                _shutdown(vm, guest, fast=True)
+                vm = guest = None
+    except BaseException:
+        if vm is not None:
             _shutdown(vm, guest, fast=True)
-            raise
-        _shutdown(vm, guest, fast=restart)
-        if not restart or not pending:
-            return results
+        raise
+    if vm is not None:
+        _shutdown(vm, guest)
+
+
+def _start_vm(req: RunRequest, p: Prepared, mode: MmuMode, out: Path, timings: Timings,
+              book: ResultBook) -> tuple[vm_mod.VM, Guest, bool] | str:
+    """Boot a VM of `mode` and check that it reached the mode: (vm, guest, consistency on?), or why
+    not (the mode's remaining tests are then not run). The mode's first VM gives its boot case;
+    another one (a second lane, or a fresh VM after a hang) adds a boot case only if it fails."""
+    n = book.next_boot(mode.name)
+    tag = mode.name if n == 1 else f"{mode.name}-{n}"
+    case = f"kvm.{mode.name}.boot" + ("" if n == 1 else f".{n}")
+    try:
+        vm, guest, ready_s = _boot(req, p, mode, out, tag)
+    except BootError as e:
+        (out / f"boot-error-{tag}.txt").write_text(f"{e}\n\n{e.detail}\n")
+        book.add_boot(mode.name, [TestResult(case, ERROR, reason=str(e), output=e.detail,
+                                             evidence={"boot_error": True},
+                                             artifacts=[f"boot-error-{tag}.txt", f"console-{tag}.log"])])
+        return f"boot failed ({e})"
+    timings.append("ssh_ready_s", round(ready_s, 2))
+    try:
+        boot_res, fp = _boot_case(mode, guest, out, tag, ready_s, vm.spec.smp)
+    except BaseException:
+        _shutdown(vm, guest, fast=True)
+        raise
+    boot_res.path = case
+    timings.put("fingerprint", tag, fp)
+    if n == 1 or boot_res.status != PASS:
+        book.add_boot(mode.name, [boot_res])
+    if boot_res.status != PASS:
+        _shutdown(vm, guest)
+        return boot_res.reason
+    instrumented = bool(fp.get("instrumented"))
+    if n == 1 and req.consistency == "auto" and not instrumented and _series_has_instrumentation(p):
+        book.add_boot(mode.name, [TestResult(f"{w.path(mode.name)}.consistency", ERROR,
+                                             reason="the instrumentation series was applied but the guest has no "
+                                                    "kvmmmu:kvm_mmu_pw_spte tracepoint")
+                                  for w in selected_workloads(req, mode.name) if isinstance(w, Workload)])
+    return vm, guest, req.consistency == "auto" and instrumented
 
 
 def _worth_a_retry(res: TestResult, req: RunRequest) -> bool:
@@ -559,7 +660,8 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
     log.info("run directory %s", out)
     t_start = time.monotonic()
     results: list[TestResult] = []
-    timings: dict[str, object] = {}
+    book = ResultBook(req.modes)
+    timings = Timings()
     build_meta: dict[str, object] | None = None
     status, code, error = "error", EXIT_INFRA, None
     checks = BackgroundChecks()
@@ -573,8 +675,8 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
             "name": p.accel.name, "cpu": p.accel.cpu, "reason": p.accel.reason}, qemu_version=p.qemu_version,
             kernel_release=build_meta.get("kernel_release"))
         t_work = time.monotonic()
-        for m in req.modes:
-            run_mode(req, p, MODES[m], out, timings, results, checks)
+        run_lanes(req, p, out, timings, book, checks)
+        results = book.ordered()
         checks.finish()
         proc.check_interrupted()   # a signal held back during the last QMP exchange
         timings["modes_s"] = round(time.monotonic() - t_work, 1)
@@ -591,12 +693,17 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
     finally:
         with proc.deferred_interrupts():
             proc.kill_all_children()
+            results = book.ordered()   # the lanes have stopped: run_lanes waits for them
             checks.finish(interrupted=status == "interrupted" or proc.interrupted() is not None)
             checks.close()
-            workload_s = sum(r.duration_s for r in results if not r.path.endswith(".boot"))
-            timings["total_s"] = round(time.monotonic() - t_start, 1)
-            timings["workloads_s"] = round(workload_s, 1)
-            timings["overhead_s"] = round(time.monotonic() - t_start - workload_s, 1)
+            total = time.monotonic() - t_start
+            # With several VMs the tests overlap: their summed time is not wall time, and the
+            # harness's overhead is the wall time during which no test was running.
+            ran = schedule.covered_seconds(timings.intervals)
+            timings["total_s"] = round(total, 1)
+            timings["workloads_s"] = round(sum(b - a for a, b in timings.intervals), 1)
+            timings["workloads_wall_s"] = round(ran, 1)
+            timings["overhead_s"] = round(total - ran, 1)
             meta["timings"] = timings
             run_dir_mod.update_metadata(out, meta, status=status, exit_code=code, error=error,
                                         finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -160,7 +161,10 @@ def interrupted() -> str | None:
     return _interrupted_by
 
 
+# How many threads are inside a deferred section (the VM lanes each talk QMP); under a lock,
+# since `+= 1` on a global is not atomic across threads.
 _defer_depth = 0
+_defer_lock = threading.Lock()
 
 
 def interrupts_deferred() -> bool:
@@ -173,11 +177,13 @@ def deferred_interrupts() -> Iterator[None]:
     loop must not have an exception thrown into it). The interrupt is only recorded;
     the next check_interrupted() raises it."""
     global _defer_depth
-    _defer_depth += 1
+    with _defer_lock:
+        _defer_depth += 1
     try:
         yield
     finally:
-        _defer_depth -= 1
+        with _defer_lock:
+            _defer_depth -= 1
 
 
 def check_interrupted() -> None:

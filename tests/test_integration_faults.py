@@ -324,7 +324,8 @@ def test_sshd_never_answering_is_a_deadline_error_with_the_console_tail(warm, tm
 
 def test_hung_workload_times_out_with_forensics_and_the_rest_runs_in_a_fresh_vm(warm, tmp_path):
     # The real selftest, asked for a million iterations: it runs "forever", with a live KVM VM.
-    r = harness(["boot-test", "--modes", "shadow", "--only", "dirty-log", "--iterations", "1000000",
+    # One VM at a time (--vms 1): with two, the second test would start in its own VM anyway.
+    r = harness(["boot-test", "--vms", "1", "--modes", "shadow", "--only", "dirty-log", "--iterations", "1000000",
                  "--timeout", "10", "--only", "cmd.after", "--workload-cmd", "after=echo fresh-vm-ok"],
                 tmp_path / "r")
     assert r.rc == 8, r.out[-3000:]
@@ -355,7 +356,9 @@ def test_hung_workload_times_out_with_forensics_and_the_rest_runs_in_a_fresh_vm(
 
 def test_qemu_killed_mid_run_is_an_infrastructure_error(warm, tmp_path):
     t0 = time.monotonic()
-    p, mark, log = start(["boot-test", "--modes", "shadow", "--only", "cmd.", "--workload-cmd", "victim=sleep 300",
+    # --vms 1: the test after the victim must run in a fresh VM, not in a second lane's.
+    p, mark, log = start(["boot-test", "--vms", "1", "--modes", "shadow", "--only", "cmd.",
+                          "--workload-cmd", "victim=sleep 300",
                           "--workload-cmd", "after=echo fresh-vm-ok"], tmp_path / "r")
     wait_for(log, r"running kvm\.shadow\.cmd\.victim", p)
     run_dir = Path(re.search(r"run directory (\S+)", log.read_text()).group(1))
@@ -442,6 +445,24 @@ def test_interrupt_during_a_workload(warm, tmp_path):
     assert r.results["kvm.shadow.boot"]["status"] == "PASS"
     assert r.results["kvm.shadow.cmd.hang"]["reason"] == "not finished: interrupted by SIGINT"
     assert_next_good_run_works(tmp_path)
+
+
+def test_interrupt_with_two_vms_running_workloads(warm, tmp_path):
+    # Two lanes, each with a VM in a hung test: both are stopped, both results kept.
+    args = ["boot-test", "--vms", "2", "--modes", "shadow,tdp_mmu", "--only", "cmd.", "--workload-cmd", "hang=sleep 600"]
+    p, mark, log = start(args, tmp_path / "r")
+    for mode in ("shadow", "tdp_mmu"):
+        wait_for(log, rf"running kvm\.{mode}\.cmd\.hang", p)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    r = finish(p, mark, log, tmp_path / "r", time.monotonic())
+    assert r.rc == 130 and r.meta["status"] == "interrupted", r.out[-3000:]
+    assert "Traceback" not in r.out, r.out[-3000:]
+    for mode in ("shadow", "tdp_mmu"):
+        assert r.results[f"kvm.{mode}.boot"]["status"] == "PASS"
+        assert r.results[f"kvm.{mode}.cmd.hang"]["reason"] == "not finished: interrupted by SIGTERM"
+        assert (r.run_dir / f"console-{mode}.log").exists()
+    assert r.meta["timings"]["vms"] == 2
 
 
 # --- 11. two runs at once on one cache ------------------------------------------------------------------------------

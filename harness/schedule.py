@@ -1,0 +1,164 @@
+"""Which VM runs which workload: the run's workloads shared by lanes, each lane one VM at a time.
+
+Measured on the 2-core TCG machines: a guest running a dirty-log selftest keeps ~1.2 host cores
+busy (one vCPU runs the nested guest, the other mostly waits), so a second VM beside it gets the
+run's workloads done ~1.5x sooner; a third VM added contention more than throughput (each test
+~1.9x slower) and made the TCG-nested flakes more frequent. Hence the default: one lane per host
+CPU, at most what memory allows.
+
+A lane keeps its VM while its mode has workloads left, then moves to a mode no lane is on, and
+at the end shares the last mode's workloads with the lane running it, so no lane idles. Results are put back in plan
+order, whatever order the lanes finish in, so reports do not depend on the scheduling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .errors import UsageError
+from .results import TestResult
+
+W = TypeVar("W")
+
+# What one TCG VM costs the host besides its RAM (translation cache, QEMU itself): measured RSS of a
+# 3G guest after a dirty_log_test was 1.4 GB, so RAM + 1 GiB is a safe bound per VM.
+VM_OVERHEAD_BYTES = 1 << 30
+
+_SIZE = re.compile(r"^(\d+)([KMGT]?)$", re.IGNORECASE)
+
+
+def memory_bytes(spec: str) -> int:
+    """QEMU's -m syntax as the harness accepts it (3G, 3072M, 3072 = MiB)."""
+    m = _SIZE.match(spec.strip())
+    if not m:
+        raise UsageError(f"--memory wants a size like 3G or 3072M: {spec!r}")
+    unit = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(m.group(1)) * unit
+
+
+def mem_available(meminfo: str) -> int | None:
+    m = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.MULTILINE)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def auto_lanes(cpus: int, available: int | None, vm_memory: int, work: int) -> tuple[int, str]:
+    """How many VMs run at once when not given (--vms auto), and why."""
+    n, why = max(1, cpus), f"{cpus} host CPUs"
+    if available is not None:
+        fit = max(1, available // (vm_memory + VM_OVERHEAD_BYTES))
+        if fit < n:
+            n, why = fit, f"{available >> 20} MiB available for {vm_memory >> 20} MiB guests"
+    if work < n:
+        n, why = max(1, work), f"{work} workload(s)"
+    return n, why
+
+
+def lanes_for(requested: int | None, vm_memory: str, work: int) -> tuple[int, str]:
+    if requested is not None:
+        if requested < 1:
+            raise UsageError(f"--vms must be at least 1 (or auto): {requested}")
+        return min(requested, max(1, work)), "--vms"
+    try:
+        with open("/proc/meminfo") as f:
+            available = mem_available(f.read())
+    except OSError:
+        available = None
+    return auto_lanes(os.cpu_count() or 1, available, memory_bytes(vm_memory), work)
+
+
+@dataclass(frozen=True)
+class Item(Generic[W]):
+    mode: str
+    index: int          # place in the mode's plan: results are reported in this order
+    workload: W
+
+
+class WorkQueue(Generic[W]):
+    """The workloads not taken yet, in plan order (mode by mode). Thread-safe."""
+
+    def __init__(self, plan: dict[str, list[W]]) -> None:
+        self._lock = threading.Lock()
+        self._items: list[Item[W]] = [Item(m, i, w) for m, ws in plan.items() for i, w in enumerate(ws)]
+        self._lane_mode: dict[int, str] = {}   # the mode each lane last took a workload of
+
+    def take(self, lane: int, mode: str | None) -> Item[W] | None:
+        """The next workload for `lane`, whose VM runs `mode` (None: no VM yet); None when all are taken.
+
+        The lane's own mode first (no new boot); else the first mode no other lane is on (each
+        mode's first VM boots once); else the next workload of any mode: the lane boots another VM
+        of a mode already running and shares its last workloads, so no lane idles at the end."""
+        with self._lock:
+            pick = next((i for i, it in enumerate(self._items) if it.mode == mode), None)
+            if pick is None:
+                others = {m for ln, m in self._lane_mode.items() if ln != lane}
+                pick = next((i for i, it in enumerate(self._items) if it.mode not in others),
+                            0 if self._items else None)
+            if pick is None:
+                self._lane_mode.pop(lane, None)
+                return None
+            item = self._items.pop(pick)
+            self._lane_mode[lane] = item.mode
+            return item
+
+    def drain(self, mode: str) -> list[Item[W]]:
+        """Take every remaining workload of `mode` (its VMs cannot boot: they are reported not run)."""
+        with self._lock:
+            mine = [it for it in self._items if it.mode == mode]
+            self._items = [it for it in self._items if it.mode != mode]
+            return mine
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class ResultBook:
+    """Results as the lanes produce them, read back in a fixed order: per mode, its boot results,
+    then each workload's results in plan order. An interrupted run keeps whatever was added."""
+
+    def __init__(self, modes: list[str]) -> None:
+        self._lock = threading.Lock()
+        self._modes = list(modes)
+        self._boot: dict[str, list[TestResult]] = {m: [] for m in modes}
+        self._items: dict[str, dict[int, list[TestResult]]] = {m: {} for m in modes}
+        self._boots: dict[str, int] = {m: 0 for m in modes}
+
+    def next_boot(self, mode: str) -> int:
+        """1 for a mode's first VM, then 2, 3, ...: names its artifacts and any extra boot case."""
+        with self._lock:
+            self._boots[mode] += 1
+            return self._boots[mode]
+
+    def add_boot(self, mode: str, results: list[TestResult]) -> None:
+        with self._lock:
+            self._boot[mode].extend(results)
+
+    def add(self, mode: str, index: int, results: list[TestResult]) -> None:
+        with self._lock:
+            self._items[mode].setdefault(index, []).extend(results)
+
+    def ordered(self) -> list[TestResult]:
+        with self._lock:
+            out: list[TestResult] = []
+            for m in self._modes:
+                out += self._boot[m]
+                for i in sorted(self._items[m]):
+                    out += self._items[m][i]
+            return out
+
+
+def covered_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals: wall time during which at least one ran."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return total
