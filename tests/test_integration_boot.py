@@ -78,8 +78,12 @@ def test_artifacts_are_all_there(boot_test):
     assert ktap.startswith("KTAP version 1") and "not ok" not in ktap
 
 
+def _initrd(run: Path) -> str:
+    return re.search(r"-initrd (\S+)", (run / "qemu-shadow.cmdline").read_text()).group(1)
+
+
 def test_second_run_does_not_rebuild(boot_test):
-    _, _, _, _, work = boot_test
+    _, _, _, first_run, work = boot_test
     r = kvm_harness("boot-test", "--results", str(work / "results"), "--modes", "shadow", "--only", "dirty-ring",
                     cwd=work)
     meta, res, run = load_run(work / "results")
@@ -87,6 +91,9 @@ def test_second_run_does_not_rebuild(boot_test):
     assert meta["timings"]["build_cached"] is True
     assert (run / "build.log").read_text().startswith("# build cache hit")
     assert "$ make" not in (run / "harness.log").read_text()
+    # nor the guest image: the same cached initramfs boots, nothing is packed again
+    assert "building guest image" not in (run / "harness.log").read_text()
+    assert _initrd(run) == _initrd(first_run)
 
 
 def test_consistency_checked_where_the_patched_code_runs(boot_test):
