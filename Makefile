@@ -1,11 +1,12 @@
-# kvm-harness: the make targets mirror `kvm-harness` subcommands.
+# kvm-harness: boot-test and shell run the `kvm-harness` subcommands; bench, mutation-test,
+# measure and measure-boot run the harness.* modules of the same names; test and lint check the project.
 # ARGS passes options through, e.g. make boot-test ARGS="--modes shadow --only dirty-ring"
 VENV ?= .venv
 PY := $(VENV)/bin/python
 KH := $(VENV)/bin/kvm-harness
 ARGS ?=
 
-.PHONY: setup boot-test shell test unit-test integration-test bench clean-results mutation-test measure measure-boot
+.PHONY: setup boot-test shell test unit-test integration-test lint bench clean-results mutation-test measure measure-boot
 
 setup:
 	./scripts/setup.sh
@@ -25,6 +26,11 @@ unit-test: $(KH)
 
 integration-test: $(KH)
 	$(PY) -m pytest -v -m integration $(ARGS)
+
+# Style and errors (ruff), types (mypy, strict over harness/): pyproject.toml configures both.
+lint: $(KH)
+	$(VENV)/bin/ruff check harness tests
+	$(VENV)/bin/mypy harness
 
 bench: $(KH)
 	$(PY) -m harness.bench $(ARGS)

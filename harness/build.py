@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, kconfig, proc, series as series_mod
+from . import cache, kconfig, proc
+from . import series as series_mod
 from .errors import BuildError
 from .source import Workspace
 
@@ -155,7 +156,7 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
             (out / "selftests").mkdir()
             for t in SELFTESTS:
                 shutil.copy2(kst / t, out / "selftests" / t)
-            meta = {
+            meta: dict[str, object] = {
                 "key": key, "source": ws.identity, "series": [s.describe() for s in req.series],
                 "applied": applied, "config_base": req.config.base,
                 "config_fragments": [str(f) for f in req.config.fragments(ws.src)],

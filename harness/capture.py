@@ -4,8 +4,9 @@ Before the workload: the instrumentation's trace events on, the ring buffer
 cleared and sized so nothing is lost (no overwrite: a full buffer drops new
 events and counts them), and a background loop that dumps every live VM's
 pw_sptes file at a fixed interval. After it: the loop stopped, tracing off,
-the ring buffer's per-CPU loss counters read, and everything packed into one
-tar.gz brought back to the artifacts. Losses are reported, never hidden: the
+the ring buffer's per-CPU counters read, the ring buffer written as trace.dat
+(`trace-cmd extract`), and everything streamed back as one uncompressed tar
+into the artifacts (the dumps are gzipped one by one in the guest). Losses are reported, never hidden: the
 checker turns them into an ERROR.
 """
 
@@ -62,7 +63,10 @@ echo 1 > $T/tracing_on
       fi
     done
     # the interval in 0.2 s steps, so a stop request waits at most one step (not a whole interval)
-    i=0; while [ $i -lt {max(1, round(s.snapshot_interval_s / 0.2))} ] && [ ! -e {CAP}/stop ]; do sleep 0.2; i=$((i+1)); done
+    i=0
+    while [ $i -lt {max(1, round(s.snapshot_interval_s / 0.2))} ] && [ ! -e {CAP}/stop ]; do
+      sleep 0.2; i=$((i+1))
+    done
   done
   touch {CAP}/stopped
 ) >/dev/null 2>&1 &
@@ -77,10 +81,13 @@ touch {CAP}/stop
 i=0; while [ ! -e {CAP}/stopped ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo 0 > $T/tracing_on
 for e in {' '.join(EVENTS)}; do echo 0 > $T/events/kvmmmu/$e/enable; done
-for c in $T/per_cpu/cpu*; do echo "$(basename $c) $(grep -E '^entries|overrun|dropped events' $c/stats | tr '\\n' ' ')"; done > {CAP}/ring-stats.txt
+for c in $T/per_cpu/cpu*; do
+  echo "$(basename $c) $(grep -E '^entries|overrun|dropped events' $c/stats | tr '\\n' ' ')"
+done > {CAP}/ring-stats.txt
 # The ring buffer as it is (binary pages + event formats), not as text:
 # formatting half a million events in the guest took longer than the workload.
-trace-cmd extract -o {CAP}/trace.dat > {CAP}/extract.log 2>&1 || {{ echo "trace-cmd extract failed:"; tail -n 5 {CAP}/extract.log; exit 5; }}
+trace-cmd extract -o {CAP}/trace.dat > {CAP}/extract.log 2>&1 ||
+  {{ echo "trace-cmd extract failed:"; tail -n 5 {CAP}/extract.log; exit 5; }}
 echo > $T/trace
 [ -e {CAP}/vanished ] && wc -l < {CAP}/vanished > {CAP}/vanished-count || echo 0 > {CAP}/vanished-count
 rm -f {CAP}/vanished {CAP}/stop {CAP}/stopped

@@ -1,6 +1,6 @@
-"""kvm-harness command line: subcommands mirror the make targets.
+"""kvm-harness command line: boot-test and shell (make boot-test, make shell).
 
-Exit codes (one table, harness/errors.py): 0 all passed, 1 a test failed,
+Exit codes (harness/errors.py): 0 all passed, 1 a test failed,
 2 usage, 3 patch apply, 4 all skipped, 5 config, 6 build, 7 boot,
 8 infrastructure, 130 interrupted.
 """
@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from . import pipeline, proc
+from . import pipeline, proc, shell
 from .errors import EXIT_USAGE, HarnessError, Interrupted
 from .kconfig import BASES, ConfigRequest
-from .series import load_default_list
-from .workloads import DEFAULT_MODES, MODES, WorkloadPlan
+from .modes import MODES
+from .request import RunRequest
+from .series import DEFAULT_LIST, load_default_list
+from .workloads import WorkloadPlan, parse_workload_cmd
 
 log = logging.getLogger("kvm-harness")
 
@@ -45,9 +47,11 @@ def _vms(text: str) -> int | None:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
+    # Every default is the request's own (request.py, workloads.py): set once, read here.
+    d, plan = RunRequest(), WorkloadPlan()
     g = p.add_argument_group("kernel")
     g.add_argument("--tree", type=Path, help="build from this kernel git tree (its HEAD; never modified)")
-    g.add_argument("--tarball", type=Path, default=pipeline.source.DEFAULT_TARBALL,
+    g.add_argument("--tarball", type=Path, default=d.tarball,
                    help="kernel source tarball (default: Debian's linux-source-6.12)")
     g.add_argument("--series", type=Path, action="append", default=None, metavar="DIR",
                    help="patch series directory (repeatable, applied in order); "
@@ -55,51 +59,52 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-series", action="store_true", help="build the plain kernel (no series)")
     g.add_argument("--config", type=Path, action="append", default=[], metavar="FRAGMENT",
                    help="extra Kconfig fragment (repeatable)")
-    g.add_argument("--config-base", choices=sorted(BASES), default="trim",
+    g.add_argument("--config-base", choices=sorted(BASES), default=d.config.base,
                    help="trim: tinyconfig + the harness's trimmed base (fast); defconfig: the full default")
     g = p.add_argument_group("guest")
-    g.add_argument("--modes", default=",".join(DEFAULT_MODES),
+    g.add_argument("--modes", default=",".join(d.modes),
                    help=f"comma-separated MMU modes (of {', '.join(MODES)})")
-    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    g.add_argument("--smp", type=int, default=2)
-    g.add_argument("--memory", default="3G", help="guest memory (the trace ring buffer lives there too)")
-    g.add_argument("--vms", type=_vms, default=None, metavar="N|auto",
+    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d.accel)
+    g.add_argument("--smp", type=int, default=d.smp)
+    g.add_argument("--memory", default=d.memory, help="guest memory (the trace ring buffer lives there too)")
+    g.add_argument("--vms", type=_vms, default=d.vms, metavar="N|auto",
                    help="VMs running tests at once (default auto: one per host CPU, as memory allows)")
     g.add_argument("--append", action="append", default=[], help="extra guest kernel command-line word")
-    g.add_argument("--boot-deadline", type=float, default=60.0, help="seconds from QEMU start to SSH ready")
+    g.add_argument("--boot-deadline", type=float, default=d.boot_deadline_s,
+                   help="seconds from QEMU start to SSH ready")
     g = p.add_argument_group("workloads")
     g.add_argument("--only", action="append", default=[], help="run only tests whose path contains this")
-    g.add_argument("--iterations", type=int, default=5, help="dirty_log_test -i")
-    g.add_argument("--perf-bytes", default="128M", help="dirty_log_perf_test -b (guest memory each vCPU dirties)")
-    g.add_argument("--timeout", type=float, default=240.0, help="per-test timeout in seconds")
-    g.add_argument("--retries", type=int, default=1, choices=(0, 1),
+    g.add_argument("--iterations", type=int, default=plan.iterations, help="dirty_log_test -i")
+    g.add_argument("--perf-bytes", default=plan.perf_bytes,
+                   help="dirty_log_perf_test -b (guest memory each vCPU dirties)")
+    g.add_argument("--timeout", type=float, default=plan.timeout_s, help="per-test timeout in seconds")
+    g.add_argument("--retries", type=int, default=d.retries, choices=(0, 1),
                    help="run a failing selftest once more before calling it a FAIL (0: never); "
                         "a health finding or a consistency FAIL is never retried away")
-    g.add_argument("--consistency", choices=("auto", "off"), default="auto",
+    g.add_argument("--consistency", choices=("auto", "off"), default=d.consistency,
                    help="auto: capture dumps + trace and check the bitmap wherever the guest kernel is instrumented")
     g.add_argument("--workload-cmd", action="append", default=[], metavar="NAME=CMD",
                    help="testing hook: also run this guest shell command as test kvm.<mode>.cmd.NAME "
                         "(with --timeout; used to simulate a hang or a killed VM)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every command line")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default ./results)")
+    p.add_argument("--results", type=Path, default=d.results_root, help="results root (default ./results)")
 
 
-def request_from(args: argparse.Namespace) -> pipeline.RunRequest:
+def request_from(args: argparse.Namespace) -> RunRequest:
     if args.no_series:
         dirs: list[Path] = []
     elif args.series is not None:
         dirs = [d.resolve() for d in args.series]
     else:
-        dirs = load_default_list(pipeline.DEFAULT_SERIES_LIST) if pipeline.DEFAULT_SERIES_LIST.exists() else []
-    return pipeline.RunRequest(
+        dirs = load_default_list() if DEFAULT_LIST.exists() else []
+    return RunRequest(
         tarball=args.tarball, tree=args.tree, series_dirs=dirs,
         config=ConfigRequest(args.config_base, list(args.config)),
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
         results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,
-        extra_append=list(args.append), consistency=args.consistency, retries=args.retries,
-        extra_workloads=[pipeline.parse_workload_cmd(w) for w in args.workload_cmd], vms=args.vms,
+        extra_append=list(args.append), consistency=args.consistency, retries=args.retries, vms=args.vms,
         plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
-                          only=tuple(args.only)))
+                          only=tuple(args.only), commands=tuple(parse_workload_cmd(w) for w in args.workload_cmd)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "boot-test":
             return pipeline.run_boot_test(request_from(args), argv)
         if args.command == "shell":
-            from . import shell
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             return shell.run(request_from(args), args.mode, args.keep, cmd)
     except HarnessError as e:

@@ -1,4 +1,5 @@
-"""Typed errors, one per stage, and the one table that maps them to exit codes.
+"""Typed errors, one per stage, and the exit codes: of a stage that stopped the run (each error
+class's `exit_code`) and of the tests' outcome (`exit_code_for`). Nowhere else maps either.
 
 A harness fault is an ERROR, never a FAIL: only a test that ran and failed
 gives exit 1. Everything that stops the run before or around the tests has
@@ -6,6 +7,10 @@ its own code so CI and scripts can tell them apart.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .results import Status, TestResult, overall
 
 EXIT_OK = 0
 EXIT_TEST_FAILED = 1
@@ -86,3 +91,16 @@ class GuestError(InfraError):
 class Interrupted(HarnessError):
     exit_code = EXIT_INTERRUPTED
     kind = "interrupted"
+
+
+# The tests' outcome (results.overall, KCIDB precedence) -> exit code. ERROR is 7 when a VM did
+# not boot (BootError's code), else 8: the tests could not be judged.
+_EXIT_FOR_STATUS = {Status.PASS: EXIT_OK, Status.FAIL: EXIT_TEST_FAILED, Status.SKIP: EXIT_SKIPPED}
+
+
+def exit_code_for(results: Sequence[TestResult]) -> int:
+    """The run's exit code from its results (no results: ERROR, exit 8)."""
+    status = overall(results)
+    if status == Status.ERROR:
+        return EXIT_BOOT if any(r.failure == "boot" for r in results) else EXIT_INFRA
+    return _EXIT_FOR_STATUS[status]

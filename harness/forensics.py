@@ -66,11 +66,11 @@ def collect(vm: VM, guest: Guest | None, dest: Path, why: str) -> dict[str, obje
     """Collect everything still reachable into `dest`; return the summary (also in forensics.json)."""
     dest.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    summary: dict[str, object] = {"why": why, "dir": str(dest), "collected": [], "missing": {}}
-    collected: list[str] = summary["collected"]  # type: ignore[assignment]
-    missing: dict[str, str] = summary["missing"]  # type: ignore[assignment]
+    collected: list[str] = []
+    missing: dict[str, str] = {}
+    summary: dict[str, object] = {"why": why, "dir": str(dest), "collected": collected, "missing": missing}
 
-    qmp = {"qemu": vm.exit_description()}
+    qmp: dict[str, object] = {"qemu": vm.exit_description()}
     if vm.alive():
         qmp["query-status"] = vm.query("query-status")
         qmp["query-cpus-fast"] = vm.query("query-cpus-fast")

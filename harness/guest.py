@@ -8,7 +8,6 @@ is refused, never auto-accepted.
 from __future__ import annotations
 
 import logging
-import re
 import select
 import socket
 import time
@@ -18,8 +17,9 @@ from pathlib import Path
 import paramiko
 
 from . import proc
+from .checks.health import PANIC_RE, last_line, panic_excerpt
 from .errors import BootError, GuestError
-from .vm import PANIC_RE, VM
+from .vm import VM
 
 log = logging.getLogger("kvm-harness")
 HOST_ALIAS = "kvm-harness-guest"
@@ -39,17 +39,13 @@ class RunResult:
         return self.rc is None
 
 
-class CommandTimeout(GuestError):
-    pass
-
-
 class Guest:
     def __init__(self, client: paramiko.SSHClient, port: int) -> None:
         self.client = client
         self.port = port
 
     @classmethod
-    def wait_ready(cls, vm: VM, port: int, key_file: Path, known_hosts: Path, deadline_s: float) -> "Guest":
+    def wait_ready(cls, vm: VM, port: int, key_file: Path, known_hosts: Path, deadline_s: float) -> Guest:
         """Connect as soon as sshd answers; fail fast on panic or QEMU exit, with the console's tail."""
         pkey = paramiko.ECDSAKey.from_private_key_file(str(key_file))
         t0 = time.monotonic()
@@ -62,18 +58,18 @@ class Guest:
                 console = vm.console()
                 m = PANIC_RE.search(console)
                 raise BootError(f"guest kernel panicked during boot: {m.group(0).strip() if m else 'GUEST_PANICKED'}",
-                                detail=panic_excerpt(console) or console_tail(vm))
+                                detail=panic_excerpt(console) or vm.console_tail())
             if not vm.alive():
                 raise BootError(f"QEMU exited during boot ({vm.exit_description()}); "
                                 f"qemu: {vm.qemu_tail() or 'no output'}; console: {last_line(console)}",
-                                detail=console_tail(vm))
+                                detail=vm.console_tail())
             left = deadline - time.monotonic()
             if left <= 0:
                 init = "init started sshd" if SSHD_MARKER in console else \
                     f"the init never printed {SSHD_MARKER!r}"
                 raise BootError(f"guest sshd did not answer within {deadline_s:g} s (--boot-deadline): {init}; "
                                 f"last SSH error: {last_err}; console ends: {last_line(console)}",
-                                detail=console_tail(vm))
+                                detail=vm.console_tail())
             # Connecting before the guest's network is up costs a whole banner
             # timeout (slirp accepts, then waits on the guest), so wait for the
             # init's console line; without it (another image) try after 15 s.
@@ -90,7 +86,10 @@ class Guest:
                 client.connect(HOST_ALIAS, port=22, username="root", pkey=pkey, sock=sock,
                                timeout=step, banner_timeout=step, auth_timeout=max(step, 5.0),
                                allow_agent=False, look_for_keys=False)
-                client.get_transport().set_keepalive(5)  # type: ignore[union-attr]
+                transport = client.get_transport()
+                if transport is None:  # connect() returned, so paramiko has one; say so if not
+                    raise paramiko.SSHException("no transport after connect")
+                transport.set_keepalive(5)
                 return cls(client, port)
             except paramiko.BadHostKeyException as e:
                 client.close()
@@ -146,10 +145,6 @@ class Guest:
                              f"{cmd}: {r.stderr.strip()[-300:]}")
         return r.stdout
 
-    def fetch(self, remote: str, local: Path, timeout: float = 60) -> bool:
-        """Copy a guest file back (dropbear has no sftp: cat over an exec channel)."""
-        return self.stream_to(f"cat {remote}", local, timeout)
-
     def stream_to(self, cmd: str, local: Path, timeout: float = 60) -> bool:
         """Run `cmd` in the guest and write its stdout, as bytes, to `local`."""
         transport = self.client.get_transport()
@@ -164,7 +159,7 @@ class Guest:
                 while time.monotonic() < deadline:
                     try:
                         data = chan.recv(1 << 20)
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                     if not data:
                         break
@@ -187,15 +182,6 @@ class Guest:
             pass
 
 
-# Terminal escapes and control characters a console may carry (a shell's
-# cursor query, say): invalid in XML reports, noise anywhere else.
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
-
-
-def printable(text: str) -> str:
-    return _CONTROL.sub("", text)
-
-
 def _transport_died(transport: paramiko.Transport, grace_s: float = 2.0) -> bool:
     """Did the connection die? (paramiko unlinks the channels before it marks itself inactive.)"""
     end = time.monotonic() + grace_s
@@ -205,21 +191,3 @@ def _transport_died(transport: paramiko.Transport, grace_s: float = 2.0) -> bool
         if time.monotonic() > end:
             return False
         time.sleep(0.05)
-
-
-def console_tail(vm: VM, n: int = 40) -> str:
-    return printable("\n".join(vm.console().splitlines()[-n:]))
-
-
-def last_line(console: str) -> str:
-    lines = [ln.strip() for ln in printable(console).splitlines() if ln.strip()]
-    return repr(lines[-1][:200]) if lines else "(console empty)"
-
-
-def panic_excerpt(console: str, before: int = 5, after: int = 30) -> str:
-    """The panic line with a few lines before it (the cause) and its backtrace after."""
-    lines = printable(console).splitlines()
-    for i, line in enumerate(lines):
-        if PANIC_RE.search(line):
-            return "\n".join(lines[max(0, i - before):i + after])
-    return ""

@@ -1,7 +1,8 @@
 """The guest image: a small initramfs from Debian's busybox-static and dropbear.
 
-Built from the recipe in vm-images/ (its /init and package list), keyed by
-their content and the binaries' hashes. Each image gets its own SSH client key
+Built from the recipe in vm-images/: its /init, and `packages`, the Debian
+packages the programs come from (scripts/setup.sh installs the same list);
+keyed by the recipe and the binaries' hashes. Each image gets its own SSH client key
 (private key 0600, never in git) and dropbear host key; the host's public key
 is written to a known_hosts file the client pins. The KVM selftests go in a
 second cpio archive per build; the kernel unpacks concatenated archives, so the
@@ -24,6 +25,7 @@ import paramiko
 from . import cache, proc
 from .build import SELFTESTS, BuildResult
 from .errors import InfraError, UsageError
+from .guest import HOST_ALIAS
 
 log = logging.getLogger("kvm-harness")
 
@@ -35,7 +37,16 @@ DROPBEARKEY = Path("/usr/bin/dropbearkey")
 # trace-cmd extract copies the kernel's binary ring buffer into a trace.dat:
 # no text formatting in the guest (that cost ~10 s per workload under TCG).
 TRACE_CMD = Path("/usr/bin/trace-cmd")
-GUEST_IP_PORT = 22
+
+
+def recipe_packages(packages_file: Path = RECIPE_DIR / "packages") -> dict[Path, str]:
+    """vm-images/packages: `<package> <program>...` lines (# comments) -> {program: package}."""
+    programs: dict[Path, str] = {}
+    for raw in packages_file.read_text().splitlines():
+        words = raw.split("#", 1)[0].split()
+        for program in words[1:]:
+            programs[Path(program)] = words[0]
+    return programs
 
 
 @dataclass
@@ -57,8 +68,11 @@ class Image:
 
 
 def _recipe_inputs() -> dict[str, object]:
-    for tool, pkg in ((BUSYBOX, "busybox-static"), (DROPBEAR, "dropbear-bin"), (DROPBEARKEY, "dropbear-bin"),
-                      (TRACE_CMD, "trace-cmd")):
+    programs = recipe_packages()
+    for tool in (BUSYBOX, DROPBEAR, DROPBEARKEY, TRACE_CMD):
+        if tool not in programs:
+            raise InfraError(f"{tool} is not in {RECIPE_DIR / 'packages'}: the image recipe and image.py disagree")
+    for tool, pkg in programs.items():
         if not tool.exists():
             raise UsageError(f"{tool} is missing: install {pkg} (`make setup`)")
     init = RECIPE_DIR / "init"
@@ -140,8 +154,7 @@ def build_image(root: Path) -> Image:
             if pub is None:
                 raise InfraError(f"dropbearkey printed no public key: {r.stdout!r}")
             keytype, keyb64 = pub.split()[:2]
-            (out / "host_key.pub").write_text(f"{keytype} {keyb64}\n")
-            (out / "known_hosts").write_text(f"kvm-harness-guest {keytype} {keyb64}\n")
+            (out / "known_hosts").write_text(f"{HOST_ALIAS} {keytype} {keyb64}\n")
             # Client key: private half stays on the host, 0600.
             ck = paramiko.ECDSAKey.generate(bits=256)
             old = os.umask(0o077)

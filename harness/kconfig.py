@@ -78,7 +78,7 @@ class ConfigRequest:
         return ([base_frag] if base_frag else []) + [src / KVM_GUEST] + ([after_guest] if after_guest else []) + \
             HARNESS_FRAGMENTS + [f.resolve() for f in self.user_fragments]
 
-    def key(self, src_has_kvm_guest: bool = True) -> dict[str, object]:
+    def key(self) -> dict[str, object]:
         """What decides the config, for the build key (computed without running make)."""
         _, base_frag, after_guest = BASES[self.base]
         frags = [f for f in (base_frag, after_guest) if f] + HARNESS_FRAGMENTS + list(self.user_fragments)
@@ -143,7 +143,7 @@ _NOT_X86 = {"alpha", "arc", "arm", "arm64", "csky", "hexagon", "loongarch", "m68
 
 def _kconfig_files(src: Path) -> list[Path]:
     """Every Kconfig file of the tree that x86 can see (only read when a symbol is missing)."""
-    out = []
+    out: list[Path] = []
     for root, dirs, files in os.walk(src):
         rel = Path(root).relative_to(src)
         if rel == Path("."):

@@ -13,19 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
-def _run(args: list[str], env: dict[str, str], results: Path) -> dict[str, object]:
+def _run(args: list[str], env: dict[str, str], results: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "harness", "boot-test", "--results", str(results), *args], env=env,
                        stdin=subprocess.DEVNULL)
     wall = time.monotonic() - t0
-    meta = json.loads(((results / "latest").resolve() / "metadata.json").read_text())
+    meta: dict[str, Any] = json.loads(((results / "latest").resolve() / "metadata.json").read_text())
     meta["wall_s"] = round(wall, 1)
     meta["rc"] = r.returncode
     return meta
@@ -33,7 +35,6 @@ def _run(args: list[str], env: dict[str, str], results: Path) -> dict[str, objec
 
 def boots(n: int, mode: str, results: Path) -> int:
     """QEMU start to SSH ready, n boots of the cached kernel (`kvm-harness shell -- true`)."""
-    import re
     times = []
     for _ in range(n):
         r = subprocess.run([sys.executable, "-m", "harness", "shell", "--mode", mode, "--results", str(results),

@@ -20,9 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .results import Status
+from .series import load_default_list
+
 REPO = Path(__file__).resolve().parent.parent
 MUTANTS = REPO / "kernel-patches" / "mutants"
-DEFAULT_LIST = REPO / "kernel-patches" / "default"
 
 
 @dataclass
@@ -35,20 +37,15 @@ class Outcome:
     seconds: float = 0.0
 
     def caught(self) -> bool:
-        return any(s == "FAIL" for s in self.consistency.values())
+        return any(s == Status.FAIL for s in self.consistency.values())
 
     def clean(self) -> bool:
-        return bool(self.consistency) and all(s == "PASS" for s in self.consistency.values())
-
-
-def _default_series() -> list[Path]:
-    from .series import load_default_list
-    return load_default_list(DEFAULT_LIST)
+        return bool(self.consistency) and all(s == Status.PASS for s in self.consistency.values())
 
 
 def run_one(name: str, extra: list[Path], results: Path, opts: list[str]) -> Outcome:
     args = [sys.executable, "-m", "harness", "boot-test", "--results", str(results / name)]
-    for d in _default_series() + extra:
+    for d in load_default_list() + extra:
         args += ["--series", str(d)]
     t0 = time.monotonic()
     r = subprocess.run(args + opts, cwd=str(results.parent), stdin=subprocess.DEVNULL,

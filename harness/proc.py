@@ -17,14 +17,22 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import IO
+
+from .errors import Interrupted
 
 log = logging.getLogger("kvm-harness")
 
 # Every child process group still running; the CLI kills what is left on exit.
 _live_groups: set[int] = set()
 STOP_GRACE_S = 5.0
+
+
+def live_groups() -> frozenset[int]:
+    """The process groups the harness started and has not reaped yet (empty after a clean stop)."""
+    return frozenset(_live_groups)
 
 
 def quote(cmd: Sequence[str | os.PathLike[str]]) -> str:
@@ -60,10 +68,10 @@ def run(cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
 
 
 def _run(argv: list[str], cwd: Path | None, env: dict[str, str], timeout: float | None,
-         input_text: str | None, **streams: object) -> subprocess.CompletedProcess[str]:
+         input_text: str | None, *, stdout: int | IO[str], stderr: int | IO[str]) -> subprocess.CompletedProcess[str]:
     p = subprocess.Popen(argv, cwd=cwd, env=env, text=True, start_new_session=True,
                          stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-                         **streams)  # type: ignore[call-overload]
+                         stdout=stdout, stderr=stderr)
     _live_groups.add(p.pid)
     try:
         out, err = p.communicate(input_text, timeout=timeout)
@@ -189,5 +197,4 @@ def deferred_interrupts() -> Iterator[None]:
 def check_interrupted() -> None:
     """Raise Interrupted if a signal came (and was swallowed or held back) since."""
     if _interrupted_by is not None:
-        from .errors import Interrupted
         raise Interrupted(f"interrupted by {_interrupted_by}")

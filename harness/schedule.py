@@ -1,4 +1,5 @@
-"""Which VM runs which workload: the run's workloads shared by lanes, each lane one VM at a time.
+"""Which VM runs which workload: the run's workloads shared by lanes, each lane one VM at a time;
+and the thread-safe containers the lanes share (results, timings, the consistency checks).
 
 Measured on the 2-core TCG machines: a guest running a dirty-log selftest keeps ~1.2 host cores
 busy (one vCPU runs the nested guest, the other mostly waits), so a second VM beside it gets the
@@ -13,14 +14,21 @@ order, whatever order the lanes finish in, so reports do not depend on the sched
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar
 
 from .errors import UsageError
-from .results import TestResult
+from .results import ERROR, TestResult
+
+log = logging.getLogger("kvm-harness")
 
 W = TypeVar("W")
 
@@ -162,3 +170,108 @@ def covered_seconds(intervals: list[tuple[float, float]]) -> float:
             total += b - end
             end = b
     return total
+
+
+class BackgroundChecks:
+    """Consistency verdicts computed in one worker thread while the guests go on with their next workloads.
+
+    A guest keeps about one host core busy (its vCPU running the nested guest); the check of a capture
+    (trace-cmd report, parse, replay: seconds for a shadow-MMU workload) uses what is left. Each verdict
+    fills in a result that is already in the run's list, in its place; `finish()` waits for all of them
+    and runs before the exit code is decided and before any report is written. An interrupted run does
+    not wait for checks that have not started: their results say so (ERROR). Every VM lane submits
+    here, so the bookkeeping is under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[TestResult, Future[TestResult]]] = []
+
+    def submit(self, placeholder: TestResult, check: Callable[[], TestResult]) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvm-harness-check")
+            self._pending.append((placeholder, self._pool.submit(check)))
+
+    def wait_for(self, placeholders: list[TestResult]) -> None:
+        """Fill in these placeholders now (a retry compares both attempts' verdicts)."""
+        with self._lock:
+            mine = [(ph, f) for ph, f in self._pending if any(ph is x for x in placeholders)]
+            self._pending = [(ph, f) for ph, f in self._pending if not any(ph is x for x in placeholders)]
+        self._resolve(mine)
+
+    def finish(self, interrupted: bool = False) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if interrupted:  # every check not started yet is dropped before waiting for the running one
+            for _, fut in pending:
+                fut.cancel()
+        self._resolve(pending)
+
+    @staticmethod
+    def _resolve(pending: list[tuple[TestResult, Future[TestResult]]]) -> None:
+        for placeholder, fut in pending:
+            if fut.cancelled():
+                placeholder.reason = "not checked: the run was interrupted first"
+                continue
+            try:
+                done = fut.result()
+            except Exception as e:  # a checker bug is the harness's fault: ERROR, with the cause
+                log.exception("consistency check of %s crashed", placeholder.path)
+                done = TestResult(placeholder.path, ERROR, reason=f"consistency check crashed: "
+                                                                  f"{type(e).__name__}: {e}")
+            # In place: the ResultBook already holds the placeholder, in its place in the report.
+            for f in fields(done):
+                setattr(placeholder, f.name, getattr(done, f.name))
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Timings(dict[str, Any]):
+    """metadata.json's `timings`. The VM lanes add to it at once: sums and lists under a lock, and
+    each workload's [start, end] kept aside, so the harness's overhead is the wall time during
+    which no workload ran (with several VMs, their workloads overlap each other's boots)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.intervals: list[tuple[float, float]] = []
+
+    def add(self, key: str, seconds: float) -> None:
+        with self._lock:
+            self[key] = round(float(self.get(key, 0.0)) + seconds, 1)
+
+    def append(self, key: str, value: object) -> None:
+        with self._lock:
+            self.setdefault(key, []).append(value)
+
+    def put(self, key: str, sub: str, value: object) -> None:
+        with self._lock:
+            self.setdefault(key, {})[sub] = value
+
+    def workload_ran(self, start: float, end: float) -> None:
+        with self._lock:
+            self.intervals.append((start, end))
+
+    @contextlib.contextmanager
+    def measure(self, key: str) -> Iterator[None]:
+        """Add the seconds the block took to `key` (a sum over lanes and workloads)."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(key, time.monotonic() - t0)
+
+    def close(self, total_s: float) -> None:
+        """The run's totals: with several VMs the tests overlap, so their summed time is not wall
+        time, and the harness's overhead is the wall time during which no test was running."""
+        ran = covered_seconds(self.intervals)
+        with self._lock:
+            self["total_s"] = round(total_s, 1)
+            self["workloads_s"] = round(sum(b - a for a, b in self.intervals), 1)
+            self["workloads_wall_s"] = round(ran, 1)
+            self["overhead_s"] = round(total_s - ran, 1)

@@ -18,6 +18,8 @@ from .errors import ApplyError, UsageError
 from .source import GIT_ID, Workspace
 
 log = logging.getLogger("kvm-harness")
+# The series `make boot-test` applies when none is given: the list file of kernel-patches/default.
+DEFAULT_LIST = Path(__file__).resolve().parent.parent / "kernel-patches" / "default"
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def load_series(path: Path) -> Series:
     return Series(path.name, path.resolve(), tuple(patches))
 
 
-def load_default_list(list_file: Path) -> list[Path]:
+def load_default_list(list_file: Path = DEFAULT_LIST) -> list[Path]:
     """The default series of `make boot-test`: one directory per line, relative to the file."""
     dirs = []
     for raw in list_file.read_text().splitlines():
@@ -145,7 +147,7 @@ def explain_failure(patch: Patch, output: str) -> ApplyError:
 
 def apply_series(ws: Workspace, series: list[Series], logfile: Path) -> list[dict[str, object]]:
     """Apply every patch as a commit; return what was applied (patch, sha256, commit)."""
-    applied = []
+    applied: list[dict[str, object]] = []
     for s in series:
         for p in s.patches:
             check_well_formed(ws, p)

@@ -14,12 +14,16 @@ import termios
 import tty
 from pathlib import Path
 
-from . import pipeline
-from .report import run_dir as run_dir_mod
-from .workloads import MODES
+from . import proc
+from .guest import HOST_ALIAS, Guest
+from .modes import MODES
+from .prepare import prepare
+from .report import run_dir
+from .request import RunRequest, validate
+from .session import Session
 
 
-def _interactive(guest: pipeline.Guest) -> int:
+def _interactive(guest: Guest) -> int:
     chan = guest.client.invoke_shell(term=os.environ.get("TERM", "vt100"))
     if not sys.stdin.isatty():
         chan.sendall(sys.stdin.read().encode() + b"\nexit\n")
@@ -45,38 +49,41 @@ def _interactive(guest: pipeline.Guest) -> int:
     return chan.recv_exit_status() if chan.exit_status_ready() else 0
 
 
-def run(req: pipeline.RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
-    out = run_dir_mod.create(req.results_root, "shell")
-    run_dir_mod.point_latest(req.results_root, out)
-    meta = run_dir_mod.start_metadata(out, sys.argv[1:], "shell")
-    series = pipeline.validate(req)
-    p = pipeline.prepare(req, series, out, meta, {})
-    vm, guest, ready = pipeline._boot(req, p, MODES[mode_name], out, mode_name)
-    print(f"kvm-harness: guest ({mode_name}) ready over SSH in {ready:.1f}s; artifacts in {out}", file=sys.stderr)
+def run(req: RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
+    """Boot `mode_name` with the kernel and image boot-test would use; run `cmd` (or a shell) over SSH.
+    Returns the command's exit code (124 on --timeout)."""
+    out = run_dir.create(req.results_root, "shell")
+    run_dir.point_latest(req.results_root, out)
+    meta = run_dir.start_metadata(out, sys.argv[1:], "shell")
+    series = validate(req)
+    described = [s.describe() for s in series]
+    p = prepare(req, series, out,
+                on_source=lambda ident: run_dir.update_metadata(out, meta, source=ident, series=described))
+    s = Session.boot(p, req, MODES[mode_name], out, mode_name)
+    print(f"kvm-harness: guest ({mode_name}) ready over SSH in {s.ready_s:.1f}s; artifacts in {out}", file=sys.stderr)
     try:
         if cmd:
-            r = guest.run(" ".join(shlex.quote(c) for c in cmd) if len(cmd) > 1 else cmd[0], req.plan.timeout_s)
+            r = s.run(" ".join(shlex.quote(c) for c in cmd) if len(cmd) > 1 else cmd[0], req.plan.timeout_s)
             sys.stdout.write(r.stdout)
             sys.stderr.write(r.stderr)
             rc = 124 if r.rc is None else r.rc
         else:
-            rc = _interactive(guest)
+            rc = _interactive(s.guest)
         if keep:
-            key = Path(p.image.client_key)
+            vm = s.vm
             print("VM kept running (loopback only). Reach it with:\n"
-                  f"  ssh -i {key} -o UserKnownHostsFile={p.image.known_hosts} -o HostKeyAlias=kvm-harness-guest "
-                  f"-p {vm.spec.ssh_port} root@127.0.0.1\n"
+                  f"  ssh -i {Path(p.image.client_key)} -o UserKnownHostsFile={p.image.known_hosts} "
+                  f"-o HostKeyAlias={HOST_ALIAS} -p {vm.spec.ssh_port} root@127.0.0.1\n"
                   f"Stop it with:\n  kill {vm.proc.pid if vm.proc else '?'}\n"
                   f"Console: {vm.console_log}\n"
                   # The private 0700 directory stays while the VM runs: its QMP socket is in it.
                   f"QMP (root only): {vm.qmp_sock}", file=sys.stderr)
-            from . import proc
             if vm.proc is not None:
                 proc.unregister_group(vm.proc.pid)  # not ours to kill any more
-            guest.close()
+            s.guest.close()
             return rc
     except BaseException:
-        pipeline._shutdown(vm, guest)
+        s.stop()
         raise
-    pipeline._shutdown(vm, guest)
+    s.stop()
     return rc

@@ -72,7 +72,7 @@ def version_from_makefile(text: str) -> str:
     return f"{vals['VERSION']}.{vals['PATCHLEVEL']}.{vals['SUBLEVEL']}{vals['EXTRAVERSION']}"
 
 
-def _tarball_sha(tarball: Path, root: Path) -> str:
+def tarball_sha(tarball: Path, root: Path) -> str:
     """sha256 of the tarball, remembered by (path, size, mtime) to spare warm runs the hash."""
     st = tarball.stat()
     memo = root / "sources" / "tarball-hashes.json"
@@ -106,7 +106,7 @@ def check_tree(tree: Path) -> None:
 
 def from_tarball(tarball: Path, root: Path) -> Workspace:
     check_tarball(tarball)
-    sha = _tarball_sha(tarball, root)
+    sha = tarball_sha(tarball, root)
     entry = root / "sources" / f"tarball-{sha[:16]}"
     with cache.locked(entry.with_suffix(".lock")):
         if not (entry / "base.json").exists():

@@ -1,7 +1,7 @@
 """QEMU: accelerator probe, command line, QMP (qemu.qmp), console capture, teardown.
 
-The command line is built by a pure function (unit-tested, printed with
---dry-run and stored in the artifacts) so a reviewer can rerun it by hand.
+The command line is built by a pure function (unit-tested, logged, and
+stored in the artifacts as qemu-<tag>.cmdline) so a reviewer can rerun it by hand.
 QEMU runs in its own process group; every exit path of the harness kills it.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import proc
+from .checks.health import printable
 from .errors import InfraError, UsageError
 
 log = logging.getLogger("kvm-harness")
@@ -86,7 +86,8 @@ def probe_kvm() -> tuple[bool, str]:
             msg = json.loads(line)
         except ValueError:
             continue
-        props = (msg.get("return") or {}).get("model", {}).get("props", {}) if isinstance(msg.get("return"), dict) else {}
+        ret = msg.get("return")
+        props = ret.get("model", {}).get("props", {}) if isinstance(ret, dict) else {}
         if props:
             if props.get("vmx") or props.get("svm"):
                 return True, f"KVM usable, host CPU model offers {'vmx' if props.get('vmx') else 'svm'}"
@@ -128,8 +129,8 @@ class VMSpec:
     initrd: Path
     accel: Accel
     append: list[str] = field(default_factory=list)
-    smp: int = 2
-    memory: str = "2G"
+    smp: int = 2         # the one default of --smp
+    memory: str = "3G"   # the one default of --memory: the trace ring buffer lives in the guest's RAM too
     ssh_port: int = 0
     name: str = "kvm-harness"
 
@@ -140,7 +141,8 @@ QBOOT = Path("/usr/share/qemu/qboot.rom")  # Debian's qemu-system-data
 def qemu_command(spec: VMSpec, console_log: Path, qmp_sock: Path) -> list[str]:
     """The full QEMU command line (pure: no side effects, easy to test and to print)."""
     # No PS/2 controller or SMBus: nothing to probe at boot, nothing the tests use.
-    cmd = [QEMU, "-name", spec.name, "-machine", "pc,i8042=off,smbus=off,vmport=off", "-accel", spec.accel.name, "-cpu", spec.accel.cpu,
+    cmd = [QEMU, "-name", spec.name, "-machine", "pc,i8042=off,smbus=off,vmport=off",
+           "-accel", spec.accel.name, "-cpu", spec.accel.cpu,
            # qboot: as fast as SeaBIOS here, and its MP table lists every vCPU (SeaBIOS's lists
            # one), so even a kernel built without ACPI (--config) runs on all of them.
            "-bios", str(QBOOT),
@@ -250,6 +252,10 @@ class VM:
         except OSError:
             return ""
 
+    def console_tail(self, n: int = 40) -> str:
+        """The console's last `n` lines, printable (they go into reports)."""
+        return printable("\n".join(self.console().splitlines()[-n:]))
+
     def poll_events(self) -> list[dict[str, object]]:
         """QMP events since the last call (GUEST_PANICKED, SHUTDOWN, ...)."""
         new: list[dict[str, object]] = []
@@ -324,5 +330,3 @@ class VM:
         (self.artifacts / f"qmp-events-{self.tag}.json").write_text(json.dumps(self.events, indent=1) + "\n")
         return self.proc.returncode
 
-
-PANIC_RE = re.compile(r"Kernel panic - not syncing.*")

@@ -1,44 +1,24 @@
-"""The workloads: KVM selftests as test cases, in each MMU mode of the guest's KVM.
-
-KVM is built in, so a mode is chosen by the guest kernel command line and
-each mode gets its own boot (measured: a boot to SSH costs a few seconds,
-less than reloading modules would save, and it gives each mode a clean
-kernel log).
-"""
+"""The workloads: KVM selftests as test cases in each MMU mode (modes.py), plus the
+`--workload-cmd` testing hook, and what their output says (kselftest exit codes, perf figures)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-
-@dataclass(frozen=True)
-class MmuMode:
-    name: str
-    append: tuple[str, ...]
-    tdp: bool            # npt/ept expected on
-    tdp_mmu: bool        # kvm.tdp_mmu expected on
-    reaches_patched_code: bool
-    description: str
-
-
-MODES: dict[str, MmuMode] = {m.name: m for m in (
-    MmuMode("shadow", ("kvm_amd.npt=0", "kvm_intel.ept=0"), tdp=False, tdp_mmu=False,
-            reaches_patched_code=True, description="shadow paging (npt/ept off)"),
-    MmuMode("tdp_legacy", ("kvm.tdp_mmu=0",), tdp=True, tdp_mmu=False,
-            reaches_patched_code=True, description="legacy TDP MMU (kvm.tdp_mmu=0)"),
-    MmuMode("tdp_mmu", ("kvm.tdp_mmu=1",), tdp=True, tdp_mmu=True,
-            reaches_patched_code=False, description="TDP MMU (the x86-64 default)"),
-)}
-DEFAULT_MODES = ("shadow", "tdp_legacy", "tdp_mmu")
+from .errors import UsageError
 
 
 @dataclass(frozen=True)
 class Workload:
+    """A KVM selftest run as one test case; its path is kvm.<mode>.<test>[.<variant>]."""
+
     test: str                   # selftest binary
     variant: str                # e.g. the dirty-log mode
     argv: tuple[str, ...]
     timeout_s: float
+    checks_consistency: ClassVar[bool] = True   # the bitmap is checked on what it did
 
     def path(self, mode: str) -> str:
         return f"kvm.{mode}.{self.test}" + (f".{self.variant}" if self.variant else "")
@@ -46,6 +26,40 @@ class Workload:
     def command(self) -> str:
         # Absolute path: the selftests open their own ELF through argv[0].
         return " ".join((f"/bin/{self.test}",) + self.argv)
+
+
+@dataclass(frozen=True)
+class CommandWorkload:
+    """A testing hook (--workload-cmd NAME=CMD): any guest shell command run as a test.
+
+    Used by the fault tests to simulate a hang (`sleep 600`) or a victim for
+    a killed QEMU; its path is kvm.<mode>.cmd.<NAME>, it has the per-test
+    timeout and no consistency check.
+    """
+
+    variant: str
+    cmd: str
+    timeout_s: float
+    test: str = "cmd"
+    checks_consistency: ClassVar[bool] = False
+
+    def path(self, mode: str) -> str:
+        return f"kvm.{mode}.cmd.{self.variant}"
+
+    def command(self) -> str:
+        return self.cmd
+
+
+AnyWorkload = Workload | CommandWorkload
+_COMMAND_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def parse_workload_cmd(spec: str) -> tuple[str, str]:
+    """NAME=CMD -> (NAME, CMD); a UsageError naming the problem otherwise."""
+    name, sep, cmd = spec.partition("=")
+    if not sep or not _COMMAND_NAME.match(name) or not cmd.strip():
+        raise UsageError(f"--workload-cmd wants NAME=COMMAND (NAME of letters, digits, - or _): {spec!r}")
+    return name, cmd
 
 
 @dataclass
@@ -58,6 +72,7 @@ class WorkloadPlan:
     timeout_s: float = 240.0
     log_modes: tuple[str, ...] = ("dirty-log", "clear-log", "dirty-ring")
     only: tuple[str, ...] = field(default_factory=tuple)   # substrings of test paths to keep
+    commands: tuple[tuple[str, str], ...] = ()              # --workload-cmd (NAME, CMD), after the selftests
 
     def workloads(self) -> list[Workload]:
         out = [Workload("dirty_log_test", m, ("-M", m, "-i", str(self.iterations), "-I", str(self.interval_ms)),
@@ -68,12 +83,15 @@ class WorkloadPlan:
                                                         "-i", str(self.perf_iterations), "-g"), self.timeout_s))
         return out
 
-    def selected(self, mode: str) -> list[Workload]:
-        return [w for w in self.workloads() if not self.only or any(o in w.path(mode) for o in self.only)]
+    def selected(self, mode: str) -> list[AnyWorkload]:
+        """What runs in `mode`, in order: the selftests, then the hook's commands, as --only filters them."""
+        every: list[AnyWorkload] = [*self.workloads(), *(CommandWorkload(n, c, self.timeout_s)
+                                                          for n, c in self.commands)]
+        return [w for w in every if not self.only or any(o in w.path(mode) for o in self.only)]
 
 
 # kselftest exit codes
-KSFT_PASS, KSFT_FAIL, KSFT_SKIP = 0, 1, 4
+KSFT_PASS, KSFT_SKIP = 0, 4
 
 _PERF = {
     "populate_s": re.compile(r"Populate memory time: (\d+\.\d+)s"),
@@ -100,89 +118,3 @@ def skip_reason(output: str) -> str:
         if "SKIP" in line or "skip" in line.lower():
             return line.strip()[:200]
     return "selftest exited 4 (KSFT_SKIP)"
-
-
-@dataclass
-class ModeFacts:
-    """What the guest says about its KVM: read, never assumed."""
-
-    vendor: str = ""          # kvm_amd / kvm_intel / ""
-    dev_kvm: bool = False
-    nested: str = ""
-    tdp: str = ""             # npt or ept parameter
-    tdp_mmu: str = ""
-    cpus: int = 0             # CPUs the guest kernel brought up
-    tsc_khz_unknown: bool = False
-    kvm_lines: list[str] = field(default_factory=list)
-
-    def problems(self, mode: MmuMode) -> list[str]:
-        p = []
-        if not self.dev_kvm:
-            p.append("/dev/kvm missing in the guest: KVM did not initialise")
-        if self.vendor == "":
-            p.append("neither kvm_amd nor kvm_intel reported in the guest's kernel log")
-        if self.nested not in ("1", "Y"):
-            p.append(f"nested virtualization not enabled in the guest (nested={self.nested or '?'})")
-        want_tdp = "Y" if mode.tdp else "N"
-        if self.tdp and self.tdp != want_tdp:
-            p.append(f"{'npt' if self.vendor == 'kvm_amd' else 'ept'}={self.tdp}, mode {mode.name} needs {want_tdp}")
-        want_mmu = "Y" if mode.tdp_mmu else "N"
-        if self.tdp_mmu != want_mmu:
-            p.append(f"kvm.tdp_mmu={self.tdp_mmu or '?'}, mode {mode.name} needs {want_mmu}")
-        return p
-
-    def tsc_problem(self) -> str:
-        """KVM gives its vCPUs the host's TSC frequency: a guest kernel that could not calibrate its TSC
-        (no HPET or ACPI PM timer to measure against, and the PIT is unreliable under TCG) makes every
-        selftest abort in KVM_GET_TSC_KHZ. That is the environment's fault, not the series'."""
-        if self.tsc_khz_unknown:
-            return ("the guest kernel could not calibrate its TSC (\"could not calculate TSC khz\"): every KVM "
-                    "selftest would abort on KVM_GET_TSC_KHZ; give it ACPI (HPET/PM timer) or tsc_early_khz=")
-        return ""
-
-    def cpu_problem(self, want: int) -> str:
-        """The guest must run on every vCPU QEMU gave it: one CPU would serialise the workload and its
-        capture, and hide the races between a vCPU's faults and the dirty-log ioctls the checks are for."""
-        if want and self.cpus != want:
-            return (f"the guest kernel brought up {self.cpus} CPU(s) of the {want} QEMU gave it (-smp {want}); "
-                    "without ACPI it finds CPUs in the firmware's MP table (qboot writes them all)")
-        return ""
-
-
-FACTS_SCRIPT = r"""
-v=; grep -qw svm /proc/cpuinfo && v=kvm_amd; grep -qw vmx /proc/cpuinfo && v=kvm_intel
-echo "vendor=$v"
-[ -e /dev/kvm ] && echo dev_kvm=1 || echo dev_kvm=0
-p=/sys/module/$v/parameters
-echo "nested=$(cat $p/nested 2>/dev/null)"
-[ "$v" = kvm_amd ] && echo "tdp=$(cat $p/npt 2>/dev/null)"
-[ "$v" = kvm_intel ] && echo "tdp=$(cat $p/ept 2>/dev/null)"
-echo "tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)"
-echo "release=$(uname -r)"
-echo "cpus=$(grep -c ^processor /proc/cpuinfo)"
-dmesg | grep -q "could not calculate TSC khz" && echo tsc_khz_unknown=1
-[ -d /sys/kernel/tracing/events/kvmmmu/kvm_mmu_pw_spte ] && echo instrumented=1 || echo instrumented=0
-dmesg | grep -E 'kvm(_amd|_intel)?:' | sed 's/^/kvm_line=/'
-"""
-
-
-def parse_facts(text: str) -> tuple[ModeFacts, dict[str, str]]:
-    f = ModeFacts()
-    raw: dict[str, str] = {}
-    for line in text.splitlines():
-        k, _, v = line.partition("=")
-        if k == "kvm_line":
-            f.kvm_lines.append(v)
-            continue
-        raw[k] = v.strip()
-    f.vendor = raw.get("vendor", "")
-    f.dev_kvm = raw.get("dev_kvm") == "1"
-    f.nested = raw.get("nested", "")
-    tdp = raw.get("tdp", "")
-    f.tdp = {"1": "Y", "0": "N"}.get(tdp, tdp)
-    f.tdp_mmu = raw.get("tdp_mmu", "")
-    f.cpus = int(raw["cpus"]) if raw.get("cpus", "").isdigit() else 0
-    f.tsc_khz_unknown = raw.get("tsc_khz_unknown") == "1"
-    if f.vendor and not any(f.vendor + ":" in ln for ln in f.kvm_lines):
-        f.vendor = ""  # the CPU flag alone does not prove the module initialised
-    return f, raw

@@ -9,10 +9,14 @@ PACKAGES=(
     qemu-system-x86 qemu-utils            # the VM
     linux-source-6.12                     # the default kernel source
     build-essential bc bison flex libelf-dev libssl-dev ccache cpio xz-utils kmod rsync git
-    busybox-static dropbear-bin trace-cmd # the guest initramfs (vm-images/packages); trace-cmd also reads
-                                          # the captured trace.dat on the host
     python3 python3-venv
 )
+# The guest initramfs's programs (vm-images/packages: `<package> <program>...`); trace-cmd also reads
+# the captured trace.dat on the host.
+while read -r pkg _; do
+    case "$pkg" in ''|'#'*) continue ;; esac
+    PACKAGES+=("$pkg")
+done < vm-images/packages
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

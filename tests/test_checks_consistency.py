@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.consistency import Inconsistency, Verdict, check, check_files
+from harness.checks.consistency import Inconsistency, Verdict, check
 from harness.checks.debugfs import Masks, ShadowPage, Snapshot, decode_role, parse_dump
+from harness.checks.files import check_files
 from harness.checks.synth import DEFAULT_MASKS, format_dump, generate
 from harness.checks.trace import PageEvent, SpteEvent, parse_trace
 

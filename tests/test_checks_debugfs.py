@@ -7,17 +7,25 @@ from pathlib import Path
 
 import pytest
 
+from harness.checks.consistency import check_snapshot
 from harness.checks.debugfs import (
+    ROLE_FIELDS,
     DumpFormatError,
     Masks,
     ShadowPage,
     Snapshot,
-    check_snapshot,
     decode_role,
     parse_dump,
-    role_field,
 )
 from harness.checks.synth import format_dump
+
+
+def role_field(word: int, name: str) -> int:
+    """One field of a role word, by its kernel name (ROLE_FIELDS)."""
+    for fname, shift, width in ROLE_FIELDS:
+        if fname == name:
+            return (word >> shift) & ((1 << width) - 1)
+    raise KeyError(name)
 
 DATA = Path(__file__).parent / "data" / "checks"
 MASKS = Masks(present=0x800, writable=0x2, mmu_writable=0x400, nonpresent=1 << 63)

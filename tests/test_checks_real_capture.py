@@ -10,8 +10,9 @@ events; this prefix keeps the sample small).
 import gzip
 from pathlib import Path
 
-from harness.checks.consistency import check, check_files
+from harness.checks.consistency import check
 from harness.checks.debugfs import parse_dump
+from harness.checks.files import check_files
 from harness.checks.trace import PageEvent, SpteEvent, parse_trace
 
 REAL = Path(__file__).parent / "data" / "real"

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, cache, forensics, kconfig, pipeline, proc, series, source, vm
-from harness.errors import ApplyError, ConfigError, Interrupted, UsageError
-from harness.guest import last_line, panic_excerpt, printable
+from harness import build, cache, forensics, kconfig, proc, series, source, vm
+from harness.checks.health import last_line, panic_excerpt, printable
+from harness.errors import ApplyError, ConfigError, Interrupted, UsageError, exit_code_for
 from harness.report import ktap
 from harness.report import run_dir as run_dir_mod
+from harness.request import RunRequest, validate
 from harness.results import ERROR, PASS, TestResult
-from harness.workloads import WorkloadPlan
+from harness.workloads import WorkloadPlan, parse_workload_cmd
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTS = Path(__file__).resolve().parent / "data" / "faults"
@@ -134,19 +135,19 @@ def test_fragment_without_read_permission_is_a_usage_error():
 
 
 def test_validate_checks_every_input_before_any_work(tmp_path):
-    req = pipeline.RunRequest(tarball=tmp_path / "nope.tar.xz")
+    req = RunRequest(tarball=tmp_path / "nope.tar.xz")
     with pytest.raises(UsageError, match="kernel source tarball not found: .*nope.tar.xz"):
-        pipeline.validate(req)
+        validate(req)
     with pytest.raises(UsageError, match="kernel source tarball is not a file"):
-        pipeline.validate(pipeline.RunRequest(tarball=tmp_path))
+        validate(RunRequest(tarball=tmp_path))
     with pytest.raises(UsageError, match="kernel tree not found: .*/missing-tree"):
-        pipeline.validate(pipeline.RunRequest(tree=tmp_path / "missing-tree"))
+        validate(RunRequest(tree=tmp_path / "missing-tree"))
     tarball = tmp_path / "linux.tar.xz"
     tarball.write_bytes(b"x")
     with pytest.raises(UsageError, match="--boot-deadline and --timeout must be positive"):
-        pipeline.validate(pipeline.RunRequest(tarball=tarball, boot_deadline_s=0))
+        validate(RunRequest(tarball=tarball, boot_deadline_s=0))
     with pytest.raises(UsageError, match="unique"):
-        pipeline.validate(pipeline.RunRequest(tarball=tarball, extra_workloads=[("a", "true"), ("a", "false")]))
+        validate(RunRequest(tarball=tarball, plan=WorkloadPlan(commands=(("a", "true"), ("a", "false")))))
 
 
 # --- 3. a requested symbol olddefconfig drops -------------------------------------------------------------------
@@ -265,23 +266,22 @@ def test_console_text_is_made_printable_for_the_reports():
 # --- 7. a workload that hangs: the hook, classification, forensics -----------------------------------------------
 
 def test_workload_cmd_hook():
-    assert pipeline.parse_workload_cmd("hang=sleep 600") == ("hang", "sleep 600")
-    assert pipeline.parse_workload_cmd("x=a=b") == ("x", "a=b")
+    assert parse_workload_cmd("hang=sleep 600") == ("hang", "sleep 600")
+    assert parse_workload_cmd("x=a=b") == ("x", "a=b")
     for bad in ("nocommand", "=true", "sp ace=true", "x="):
         with pytest.raises(UsageError, match="NAME=COMMAND"):
-            pipeline.parse_workload_cmd(bad)
-    req = pipeline.RunRequest(plan=WorkloadPlan(only=("cmd.", "dirty-ring"), timeout_s=7),
-                              extra_workloads=[("hang", "sleep 600")])
-    ws = pipeline.selected_workloads(req, "shadow")
+            parse_workload_cmd(bad)
+    req = RunRequest(plan=WorkloadPlan(only=("cmd.", "dirty-ring"), timeout_s=7, commands=(("hang", "sleep 600"),)))
+    ws = req.plan.selected("shadow")
     assert [w.path("shadow") for w in ws] == ["kvm.shadow.dirty_log_test.dirty-ring", "kvm.shadow.cmd.hang"]
     assert ws[-1].command() == "sleep 600" and ws[-1].timeout_s == 7
 
 
 def test_timeout_is_an_error_with_ktap_timeout_and_exit_8():
     res = [TestResult("kvm.shadow.boot", PASS),
-           TestResult("kvm.shadow.cmd.hang", ERROR, reason="timeout after 5 s (--timeout)", timed_out=True),
+           TestResult("kvm.shadow.cmd.hang", ERROR, reason="timeout after 5 s (--timeout)", failure="timeout"),
            TestResult("kvm.shadow.cmd.after", PASS)]
-    assert pipeline.exit_code(res) == 8
+    assert exit_code_for(res) == 8
     text = ktap.render(res)
     assert "not ok 2 kvm.shadow.cmd.hang # TIMEOUT timeout after 5 s (--timeout)" in text
     assert "ok 3 kvm.shadow.cmd.after" in text
@@ -356,7 +356,7 @@ def test_interrupted_command_stops_its_whole_group_politely(tmp_path):
     finally:
         signal.signal(signal.SIGUSR1, old)
     assert marker.exists(), "the child got SIGTERM first (make/gcc delete their half-written target)"
-    assert not proc._live_groups
+    assert not proc.live_groups()
 
 
 def test_stop_group_kills_what_ignores_sigterm(tmp_path):
@@ -398,10 +398,9 @@ def test_sigint_to_the_cli_kills_children_and_exits_130(tmp_path):
 
 def test_publishing_leaves_nothing_when_interrupted(tmp_path):
     final = tmp_path / "builds" / "key"
-    with pytest.raises(KeyboardInterrupt):
-        with cache.publishing(final) as tmp:
-            (tmp / "bzImage").write_text("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), cache.publishing(final) as tmp:
+        (tmp / "bzImage").write_text("half")
+        raise KeyboardInterrupt
     assert not final.exists() and list((tmp_path / "builds").iterdir()) == []
 
 

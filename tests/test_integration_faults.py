@@ -24,9 +24,14 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness import cache, guest as guest_mod, pipeline, source, vm as vm_mod
+from harness import cache, source
+from harness import guest as guest_mod
+from harness import vm as vm_mod
+from harness.modes import MODES
+from harness.prepare import prepare
+from harness.request import RunRequest, validate
 from harness.series import load_default_list
-from harness.workloads import MODES
+from harness.session import Session
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -144,7 +149,7 @@ def assert_nothing_left(run: Run) -> None:
 
 def workspace() -> Path:
     root = cache.cache_root()
-    sha = source._tarball_sha(source.DEFAULT_TARBALL, root)
+    sha = source.tarball_sha(source.DEFAULT_TARBALL, root)
     return root / "sources" / f"tarball-{sha[:16]}"
 
 
@@ -486,9 +491,9 @@ def test_two_runs_at_once_do_not_collide(warm, tmp_path):
 def booted(warm, tmp_path_factory):
     """A VM booted in-process, through the harness's own stages; the first port it is given is taken."""
     out = tmp_path_factory.mktemp("security")
-    req = pipeline.RunRequest(modes=["shadow"], series_dirs=load_default_list(pipeline.DEFAULT_SERIES_LIST))
-    series = pipeline.validate(req)
-    p = pipeline.prepare(req, series, out, {}, {})
+    req = RunRequest(modes=["shadow"], series_dirs=load_default_list())
+    series = validate(req)
+    p = prepare(req, series, out)
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -500,14 +505,14 @@ def booted(warm, tmp_path_factory):
         return given[-1]
     vm_mod.free_port = free_port_first_taken
     try:
-        vm, g, _ = pipeline._boot(req, p, MODES["shadow"], out, "shadow")
+        s = Session.boot(p, req, MODES["shadow"], out, "shadow")
     finally:
         vm_mod.free_port = real_free_port
         taken.close()
     try:
-        yield vm, g, p, out, given
+        yield s.vm, s.guest, p, out, given
     finally:
-        pipeline._shutdown(vm, g)
+        s.stop()
         assert not qemus_of(out.name), "QEMU left behind"
 
 

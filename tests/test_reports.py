@@ -3,14 +3,14 @@ import json
 import kcidb_io
 from junitparser import JUnitXml
 
+from harness.errors import exit_code_for
 from harness.report import junit, kcidb, ktap, run_dir
 from harness.results import ERROR, FAIL, PASS, SKIP, TestResult, overall
-from harness.pipeline import exit_code
 
 RESULTS = [
     TestResult("kvm.shadow.boot", PASS, 4.2),
     TestResult("kvm.shadow.dirty_log_test.dirty-log", FAIL, 11.0, reason="exit 1: ASSERT failed"),
-    TestResult("kvm.shadow.dirty_log_test.dirty-ring", ERROR, 240.0, reason="timeout after 240 s", timed_out=True),
+    TestResult("kvm.shadow.dirty_log_test.dirty-ring", ERROR, 240.0, reason="timeout after 240 s", failure="timeout"),
     TestResult("kvm.tdp_mmu.consistency", SKIP, reason="only TDP MMU pages (out of scope)"),
 ]
 
@@ -45,11 +45,11 @@ def test_results_json_is_valid_kcidb():
 
 def test_overall_and_exit_codes():
     assert overall(RESULTS) == FAIL
-    assert exit_code(RESULTS) == 1
-    assert exit_code([RESULTS[0], RESULTS[2]]) == 8
-    assert exit_code([RESULTS[0]]) == 0
-    assert exit_code([RESULTS[3]]) == 4
-    assert exit_code([]) == 8
+    assert exit_code_for(RESULTS) == 1
+    assert exit_code_for([RESULTS[0], RESULTS[2]]) == 8
+    assert exit_code_for([RESULTS[0]]) == 0
+    assert exit_code_for([RESULTS[3]]) == 4
+    assert exit_code_for([]) == 8
     assert overall([]) == ERROR
 
 

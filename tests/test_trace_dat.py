@@ -6,10 +6,11 @@ tests/data/real/shadow-perf-2M.trace.dat: shadow paging, `dirty_log_perf_test -v
 import shutil
 from pathlib import Path
 
-from harness import capture, pipeline
-from harness.checks.consistency import check_files
-from harness.checks.trace import PageEvent, SpteEvent, TraceStats, is_trace_dat, parse_trace, trace_dat_lines
-from harness.workloads import MODES
+from harness import capture
+from harness.checks.files import check_files, is_trace_dat, trace_dat_lines
+from harness.checks.trace import PageEvent, SpteEvent, TraceStats, parse_trace
+from harness.lanes import check_capture
+from harness.modes import MODES
 
 REAL = Path(__file__).parent / "data" / "real"
 DAT = REAL / "shadow-perf-2M.trace.dat"
@@ -37,7 +38,7 @@ def test_a_truncated_trace_dat_is_an_error_not_a_short_trace(tmp_path):
     assert _events(cut) == []  # trace-cmd itself says nothing and exits 0 ...
     cap = capture.Captured(tmp_path, snapshots=[REAL / "shadow-dirty-log.pw_sptes.txt.gz"], trace=cut,
                            ring_entries=EVENTS)
-    res = pipeline._consistency_case("kvm.shadow.x", MODES["shadow"], cap, "")
+    res = check_capture("kvm.shadow.x", MODES["shadow"], cap, "")
     # ... so the count the guest's ring buffer held is what catches it
     assert res.status == "ERROR" and f"ring buffer held {EVENTS}" in res.reason and str(cut) in res.reason
 

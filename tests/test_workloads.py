@@ -1,4 +1,5 @@
-from harness.workloads import MODES, WorkloadPlan, parse_facts, perf_figures
+from harness.modes import MODES, parse_facts
+from harness.workloads import WorkloadPlan, perf_figures
 
 FACTS_AMD_SHADOW = """vendor=kvm_amd
 dev_kvm=1
@@ -14,16 +15,16 @@ kvm_line=[    1.523700] kvm_amd: Nested Paging disabled
 
 
 def test_facts_parse_and_mode_check():
-    f, raw = parse_facts(FACTS_AMD_SHADOW)
+    f = parse_facts(FACTS_AMD_SHADOW)
     assert f.vendor == "kvm_amd" and f.dev_kvm and f.nested == "1" and f.tdp == "N" and f.tdp_mmu == "N"
-    assert raw["release"] == "6.12.117"
+    assert f.release == "6.12.117"
     assert f.problems(MODES["shadow"]) == []
     assert any("tdp_mmu" in p for p in f.problems(MODES["tdp_mmu"]))
     assert any("npt=N" in p for p in f.problems(MODES["tdp_legacy"]))
 
 
 def test_vendor_needs_the_kernel_log():
-    f, _ = parse_facts("vendor=kvm_amd\ndev_kvm=0\nnested=\ntdp_mmu=\n")
+    f = parse_facts("vendor=kvm_amd\ndev_kvm=0\nnested=\ntdp_mmu=\n")
     assert f.vendor == ""
     problems = f.problems(MODES["tdp_mmu"])
     assert any("/dev/kvm missing" in p for p in problems) and any("neither kvm_amd" in p for p in problems)
@@ -49,16 +50,16 @@ def test_perf_figures():
 
 
 def test_a_guest_on_fewer_cpus_than_qemu_gave_is_named():
-    f, _ = parse_facts(FACTS_AMD_SHADOW)
+    f = parse_facts(FACTS_AMD_SHADOW)
     assert f.cpus == 2 and f.cpu_problem(2) == ""
-    one, _ = parse_facts(FACTS_AMD_SHADOW.replace("cpus=2", "cpus=1"))
+    one = parse_facts(FACTS_AMD_SHADOW.replace("cpus=2", "cpus=1"))
     assert "brought up 1 CPU(s) of the 2 QEMU gave it (-smp 2)" in one.cpu_problem(2)
-    unknown, _ = parse_facts(FACTS_AMD_SHADOW.replace("cpus=2\n", ""))
+    unknown = parse_facts(FACTS_AMD_SHADOW.replace("cpus=2\n", ""))
     assert unknown.cpus == 0 and "brought up 0 CPU(s)" in unknown.cpu_problem(2)
 
 
 def test_a_guest_without_a_tsc_frequency_is_named():
-    f, _ = parse_facts(FACTS_AMD_SHADOW)
+    f = parse_facts(FACTS_AMD_SHADOW)
     assert f.tsc_problem() == ""
-    bad, _ = parse_facts(FACTS_AMD_SHADOW + "tsc_khz_unknown=1\n")
+    bad = parse_facts(FACTS_AMD_SHADOW + "tsc_khz_unknown=1\n")
     assert "could not calibrate its TSC" in bad.tsc_problem() and "KVM_GET_TSC_KHZ" in bad.tsc_problem()

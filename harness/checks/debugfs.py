@@ -9,15 +9,11 @@ or a fail of the invariant. The checks themselves live in `consistency.py`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover - import only for the type checker (avoids an import cycle)
-    from harness.checks.consistency import Inconsistency
 
 HEADER = "kvm-pw-sptes v1"
 SP_ENTRIES = 512  # KVM_MMU_SP_ENTRY_NR: sptes per shadow page, bits per bitmap
-BITMAP_WORDS = SP_ENTRIES // 64
 
 # union kvm_mmu_page_role in arch/x86/include/asm/kvm_host.h (6.12): (name, first bit, width).
 # Listed in the order a reader wants them, not in bit order.
@@ -56,14 +52,6 @@ def decode_role(word: int) -> str:
     if word & ROLE_UNUSED_MASK or word >> 32:
         parts.append(f"unused_bits=0x{word & (ROLE_UNUSED_MASK | ~0xFFFFFFFF):x}")
     return " ".join(parts)
-
-
-def role_field(word: int, name: str) -> int:
-    """One field of a role word, by its kernel name."""
-    for fname, shift, width in ROLE_FIELDS:
-        if fname == name:
-            return (word >> shift) & ((1 << width) - 1)
-    raise KeyError(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +125,26 @@ _PAGE_RE = re.compile(
 _SPTE_RE = re.compile(r"spte (\d{1,3}) " + _HEX)
 _END_RE = re.compile(r"end pages=(\d+) sptes=(\d+) truncated=([01])")
 
+# The header after its first line, in order: (name for messages, pattern).
+_HEADER = (("vm", _VM_RE), ("seq", _SEQ_RE), ("masks", _MASKS_RE), ("tdp_mmu_pages", _TDP_RE))
+_HEADER_LINES = 1 + len(_HEADER)
+
+
+def _parse_header(lines: list[str], fail: Callable[[int, str], DumpFormatError],
+                  source: str) -> tuple[int, int, Masks, int]:
+    """(vm, seq, masks, tdp_mmu_pages) from lines 2..5 of a dump."""
+    fields: list[re.Match[str]] = []
+    for i, (name, pattern) in enumerate(_HEADER, start=1):
+        if i >= len(lines):
+            raise DumpFormatError(source, i + 1, "", f"dump ends before the {name} line")
+        m = pattern.fullmatch(lines[i])
+        if m is None:
+            raise fail(i, f"expected the {name} line")
+        fields.append(m)
+    vm, seq, mg, tdp = fields
+    masks = Masks(int(mg[1], 16), int(mg[2], 16), int(mg[3], 16), int(mg[4], 16))
+    return int(vm[1], 16), int(seq[1], 16), masks, int(tdp[1])
+
 
 def _bitmap_from_words(text: str) -> int:
     """`w0,w1,...,w7` (word 0 = bits 0..63 first) -> one int; reversing makes word 7 the most significant."""
@@ -162,25 +170,11 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
     def fail(idx: int, reason: str) -> DumpFormatError:
         return DumpFormatError(source, idx + 1, lines[idx] if idx < len(lines) else "", reason)
 
-    header_res = (None, _VM_RE, _SEQ_RE, _MASKS_RE, _TDP_RE)
-    header_names = ("header", "vm", "seq", "masks", "tdp_mmu_pages")
     if not lines:
         raise DumpFormatError(source, 1, "", "empty dump")
     if lines[0] != HEADER:
         raise fail(0, f"first line must be {HEADER!r}")
-    fields: list[re.Match[str]] = []
-    for i in range(1, 5):
-        if i >= len(lines):
-            raise DumpFormatError(source, i + 1, "", f"dump ends before the {header_names[i]} line")
-        m = header_res[i].fullmatch(lines[i])  # type: ignore[union-attr]
-        if m is None:
-            raise fail(i, f"expected the {header_names[i]} line")
-        fields.append(m)
-    vm = int(fields[0][1], 16)
-    seq = int(fields[1][1], 16)
-    mg = fields[2]
-    masks = Masks(int(mg[1], 16), int(mg[2], 16), int(mg[3], 16), int(mg[4], 16))
-    tdp_mmu_pages = int(fields[3][1])
+    vm, seq, masks, tdp_mmu_pages = _parse_header(lines, fail, source)
 
     pages: list[ShadowPage] = []
     page: ShadowPage | None = None
@@ -191,8 +185,7 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
     complete = False
     spte_match = _SPTE_RE.fullmatch
     n = len(lines)
-    i = 5
-    while i < n:
+    for i in range(_HEADER_LINES, n):
         line = lines[i]
         if line.startswith("spte "):
             m = spte_match(line)
@@ -233,13 +226,5 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
             complete = True
         else:
             raise fail(i, "unknown record (expected page, spte or end)")
-        i += 1
     return Snapshot(vm=vm, seq=seq, masks=masks, tdp_mmu_pages=tdp_mmu_pages, pages=pages,
                     truncated=truncated, complete=complete, source=source)
-
-
-def check_snapshot(snap: Snapshot) -> list[Inconsistency]:
-    """Self-consistency of one dump (counter, bitmap vs sptes); see consistency.check_snapshot."""
-    from harness.checks.consistency import check_snapshot as _check
-
-    return _check(snap)

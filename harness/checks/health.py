@@ -2,6 +2,8 @@
 
 Pure functions over text. Each finding carries its kind, the line, and an
 excerpt (the report's following lines), so the result shows the evidence.
+Also the console helpers the reports need: printable text, its last line,
+a panic's excerpt.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+PANIC_RE = re.compile(r"Kernel panic - not syncing.*")
 # (kind, pattern). Order matters only for naming: the first match names a line.
 PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("panic", re.compile(r"Kernel panic - not syncing")),
+    ("panic", PANIC_RE),
     ("kasan", re.compile(r"BUG: KASAN: ")),
     ("ubsan", re.compile(r"UBSAN: ")),
     ("soft-lockup", re.compile(r"watchdog: BUG: soft lockup|BUG: soft lockup")),
@@ -60,3 +63,31 @@ def scan(text: str, source: str = "", excerpt_lines: int = 25) -> list[Finding]:
                 skip_until = end - 1
                 break
     return found
+
+
+def describe(findings: list[Finding]) -> str:
+    """The findings as one reason line."""
+    return "; ".join(f.summary() for f in findings)
+
+
+# Terminal escapes and control characters a console may carry (a shell's
+# cursor query, say): invalid in XML reports, noise anywhere else.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def last_line(console: str) -> str:
+    lines = [ln.strip() for ln in printable(console).splitlines() if ln.strip()]
+    return repr(lines[-1][:200]) if lines else "(console empty)"
+
+
+def panic_excerpt(console: str, before: int = 5, after: int = 30) -> str:
+    """The panic line with a few lines before it (the cause) and its backtrace after."""
+    lines = printable(console).splitlines()
+    for i, line in enumerate(lines):
+        if PANIC_RE.search(line):
+            return "\n".join(lines[max(0, i - before):i + after])
+    return ""

@@ -8,16 +8,9 @@ at best and hide a kernel-side bug at worst.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-
-from harness import proc
 
 SPTE_EVENT = "kvm_mmu_pw_spte: "
 PAGE_EVENT = "kvm_mmu_pw_page: "
@@ -162,14 +155,6 @@ def parse_trace(lines: Iterable[str], *, stats: TraceStats | None = None,
     st.lines = line_no
 
 
-def parse_trace_lost(lines: Iterable[str]) -> int:
-    """Total N of ftrace's `CPU:c [LOST N EVENTS]` markers: events the ring buffer dropped."""
-    st = TraceStats()
-    for line in lines:
-        _marker(line, st)
-    return st.lost_events
-
-
 def format_event(ev: SpteEvent | PageEvent) -> str:
     """The event as its trace line body (after the ftrace prefix), exactly as FORMAT.md prints it."""
     if isinstance(ev, SpteEvent):
@@ -178,42 +163,3 @@ def format_event(ev: SpteEvent | PageEvent) -> str:
                 f" count={ev.count}")
     return (f"kvm_mmu_pw_page: seq={ev.seq:#x} vm={ev.vm:#x} spt={ev.spt:#x} gfn={ev.gfn:#x}"
             f" role={ev.role:#x} level={ev.level} op={ev.op} count={ev.count}")
-
-
-TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
-
-
-def is_trace_dat(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(TRACE_DAT_MAGIC)) == TRACE_DAT_MAGIC
-
-
-@contextlib.contextmanager
-def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
-    """The text of a trace.dat (what `trace-cmd extract` wrote in the guest), by `trace-cmd report`.
-
-    Plugins off (-N): the events print exactly by their own format, whatever the host has installed.
-    A report that fails (truncated or corrupt file) raises OSError naming the file and trace-cmd's words,
-    after the lines it did give were read: a partial trace is never taken for a whole one.
-    """
-    exe = shutil.which("trace-cmd")
-    if exe is None:
-        raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
-    with tempfile.TemporaryFile("w+") as err:
-        # Its own process group, known to the harness: an interrupted run kills it with the rest.
-        p = subprocess.Popen([exe, "report", "-N", "-i", str(path)], stdout=subprocess.PIPE, stderr=err,
-                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1 << 20,
-                             start_new_session=True)
-        proc.register_group(p.pid)
-        assert p.stdout is not None
-        try:
-            yield p.stdout
-            p.stdout.read()  # drain what the caller left, so the exit status is trace-cmd's own
-        finally:
-            p.stdout.close()
-            rc = p.wait()
-            proc.unregister_group(p.pid)
-        if rc != 0:
-            err.seek(0)
-            words = " ".join(err.read().split())[-300:]
-            raise OSError(f"trace-cmd report -i {path} failed (exit {rc}): {words}")

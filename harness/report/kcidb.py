@@ -42,7 +42,7 @@ def render(run_id: str, results: list[TestResult], source: dict[str, Any], build
                           "compiler": "gcc", "valid": True,
                           "misc": {"kernel_release": build.get("kernel_release"),
                                    "durations_s": build.get("durations_s")}})
-    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    now = dt.datetime.now(dt.UTC).isoformat()
     for r in results:
         out["tests"].append({
             "id": f"{ORIGIN}:{run_id}:{r.path}", "build_id": build_id, "origin": ORIGIN,

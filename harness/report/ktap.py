@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..results import ERROR, FAIL, SKIP, TestResult
+from ..results import ERROR, FAIL, SKIP, Status, TestResult, counts
 
 
 def _one_line(s: str) -> str:
@@ -27,7 +27,7 @@ def render(results: list[TestResult], suite: str = "kvm-harness") -> str:
             if r.reason:  # what a PASS rests on (consistency counts), or that it was flaky
                 lines.append(f"# {_one_line(r.reason)}")
             lines.append(f"ok {i} {r.path}")
-    counts = {s: sum(r.status == s for r in results) for s in ("PASS", "FAIL", "ERROR", "SKIP")}
-    lines.append(f"# Totals: pass:{counts['PASS']} fail:{counts['FAIL']} error:{counts['ERROR']} "
-                 f"skip:{counts['SKIP']}")
+    n = counts(results)
+    lines.append(f"# Totals: pass:{n[Status.PASS]} fail:{n[Status.FAIL]} error:{n[Status.ERROR]} "
+                 f"skip:{n[Status.SKIP]}")
     return "\n".join(lines) + "\n"

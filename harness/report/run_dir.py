@@ -7,6 +7,7 @@ so even a run killed with SIGKILL leaves a record saying what it was.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import platform
 import shlex
@@ -18,7 +19,7 @@ from .. import __version__, cache
 
 def create(results_root: Path, label: str = "run") -> Path:
     results_root.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
         d = results_root / (f"{stamp}-{label}-{os.getpid()}" + ("" if n == 0 else f"-{n}"))
         try:
@@ -50,7 +51,7 @@ def start_metadata(run_dir: Path, argv: list[str], command: str) -> dict[str, ob
         "run_id": run_dir.name,
         "command": command,
         "status": "running",
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "started": dt.datetime.now(dt.UTC).isoformat(),
         "reproducer": reproducer(argv),
         "cwd": os.getcwd(),
         "harness_version": __version__,
@@ -65,3 +66,26 @@ def start_metadata(run_dir: Path, argv: list[str], command: str) -> dict[str, ob
 def update_metadata(run_dir: Path, meta: dict[str, object], **fields: object) -> None:
     meta.update(fields)
     cache.write_json(run_dir / "metadata.json", meta)
+
+
+class RunRecord:
+    """One run's directory and its metadata.json, kept up to date as the run learns things, and its
+    harness.log (every log record of the run, every command line at DEBUG)."""
+
+    def __init__(self, results_root: Path, label: str, argv: list[str]) -> None:
+        self.dir = create(results_root, label)
+        point_latest(results_root, self.dir)
+        self.meta = start_metadata(self.dir, argv, label)
+        self._handler = logging.FileHandler(self.dir / "harness.log")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(self._handler)
+        # Every record of the harness reaches harness.log, however the caller (the CLI, a script,
+        # pytest) set up logging; the console handlers keep their own levels.
+        logging.getLogger("kvm-harness").setLevel(logging.DEBUG)
+
+    def update(self, **fields: object) -> None:
+        update_metadata(self.dir, self.meta, **fields)
+
+    def close(self) -> None:
+        logging.getLogger().removeHandler(self._handler)
+        self._handler.close()

@@ -1,0 +1,110 @@
+"""The checker's only contact with the disk: captured files opened (gzip, xz, trace.dat through
+`trace-cmd report`) and handed as text to the pure parsers and `consistency.check`."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import gzip
+import lzma
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from harness import proc
+from harness.checks.consistency import check
+from harness.checks.debugfs import DumpFormatError, Snapshot, parse_dump
+from harness.checks.findings import Verdict, new_counts
+from harness.checks.trace import TraceFormatError, TraceStats, parse_trace
+from harness.results import ERROR
+
+TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
+
+
+def is_trace_dat(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(TRACE_DAT_MAGIC)) == TRACE_DAT_MAGIC
+
+
+@contextlib.contextmanager
+def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
+    """The text of a trace.dat (what `trace-cmd extract` wrote in the guest), by `trace-cmd report`.
+
+    Plugins off (-N): the events print exactly by their own format, whatever the host has installed.
+    A report that fails (truncated or corrupt file) raises OSError naming the file and trace-cmd's words,
+    after the lines it did give were read: a partial trace is never taken for a whole one.
+    """
+    exe = shutil.which("trace-cmd")
+    if exe is None:
+        raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
+    with tempfile.TemporaryFile("w+") as err:
+        # Its own process group, known to the harness: an interrupted run kills it with the rest.
+        p = subprocess.Popen([exe, "report", "-N", "-i", str(path)], stdout=subprocess.PIPE, stderr=err,
+                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1 << 20,
+                             start_new_session=True)
+        proc.register_group(p.pid)
+        assert p.stdout is not None
+        try:
+            yield p.stdout
+            p.stdout.read()  # drain what the caller left, so the exit status is trace-cmd's own
+        finally:
+            p.stdout.close()
+            rc = p.wait()
+            proc.unregister_group(p.pid)
+        if rc != 0:
+            err.seek(0)
+            words = " ".join(err.read().split())[-300:]
+            raise OSError(f"trace-cmd report -i {path} failed (exit {rc}): {words}")
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a capture as text, transparently gunzipping or unxz-ing (by magic, not by name)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while millions of small acyclic event objects are built: it finds no garbage
+    there, and its passes over the growing list cost ~20% of the parse (measured by harness.bench)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict:
+    """check() on captured files; a file that cannot be read or parsed is an ERROR verdict naming it."""
+    with gc_paused():
+        return _check_files(snapshot_paths, trace_path)
+
+
+def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict:
+    empty = new_counts(capture_faults=1)
+    snapshots: list[Snapshot] = []
+    try:
+        for p in snapshot_paths:
+            with open_text(Path(p)) as f:
+                snapshots.append(parse_dump(f.read(), source=str(p)))
+        if trace_path is None:
+            return check(snapshots, [])
+        stats = TraceStats()
+        reader = trace_dat_lines if is_trace_dat(Path(trace_path)) else open_text
+        with reader(Path(trace_path)) as f:
+            events = list(parse_trace(f, stats=stats, source=str(trace_path)))
+        return check(snapshots, events, lost_events=stats.lost_events, require_trace=True)
+    except (DumpFormatError, TraceFormatError) as e:
+        return Verdict(ERROR, f"malformed capture: {e}", empty, [])
+    except OSError as e:
+        return Verdict(ERROR, f"cannot read capture: {e}", empty, [])

@@ -1,0 +1,269 @@
+"""The cells of a run on `--vms` VMs at once: each lane boots one VM at a time and runs its tests.
+
+A cell is (MMU mode, workload); a workload of None is the mode's boot case alone. Which lane takes
+which cell is schedule.py's; what a boot or a workload means is verdicts.py's; this module does the
+I/O between them (boot, run, capture, forensics) and puts results into the ResultBook.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import capture, proc, schedule, verdicts
+from .checks.files import check_files
+from .errors import BootError, GuestError, Interrupted
+from .modes import MODES, MmuMode
+from .prepare import Prepared
+from .request import RunOptions
+from .results import ERROR, PASS, TestResult
+from .schedule import BackgroundChecks, ResultBook, Timings, WorkQueue
+from .session import Session
+from .workloads import AnyWorkload
+
+log = logging.getLogger("kvm-harness")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One test of the matrix: `workload` in MMU `mode` (None: the mode's boot case only)."""
+
+    mode: str
+    workload: AnyWorkload | None = None
+
+
+def check_capture(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str) -> TestResult:
+    """`<path>.consistency`: the checker run on the captured files, then verdicts.consistency_verdict."""
+    ok = cap is not None and not cap.error and not why_not
+    verdict = check_files(cap.snapshots, cap.trace) if ok and cap is not None else None
+    return verdicts.consistency_verdict(path, mode, cap, why_not, verdict)
+
+
+@dataclass
+class Started:
+    """A lane's attempt at a VM of a mode: its session, or why there is none (the mode's tests are then
+    not run), and whether its workloads get a consistency check."""
+
+    session: Session | None
+    check: bool = False
+    why_not: str = ""
+
+
+@dataclass
+class Lanes:
+    """What every lane shares: the build, the options, the run directory and the thread-safe books."""
+
+    prepared: Prepared
+    opts: RunOptions
+    out: Path
+    timings: Timings
+    book: ResultBook
+    checks: BackgroundChecks
+
+    def run(self, cells: list[Cell]) -> None:
+        """Every cell, on `opts.vms` VMs at once (schedule.py says why and how). Results go into `book`
+        as they come, so an interrupted run keeps what it had. Raises the first harness fault of a lane."""
+        plan: dict[str, list[AnyWorkload | None]] = {}
+        for c in cells:
+            plan.setdefault(c.mode, [])
+            if c.workload is not None:
+                plan[c.mode].append(c.workload)
+        queue: WorkQueue[AnyWorkload | None] = WorkQueue({m: [*ws] or [None] for m, ws in plan.items()})
+        lanes, why = schedule.lanes_for(self.opts.vms, self.opts.memory, len(queue))
+        self.timings["vms"] = lanes
+        log.info("%d test(s) in %d MMU mode(s), on %d VM(s) at once (%s)", sum(map(len, plan.values())),
+                 len(plan), lanes, why)
+        if lanes == 1:
+            self.lane(0, queue)
+            return
+        pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="kvm-harness-vm")
+        futures = [pool.submit(self.lane, n, queue) for n in range(lanes)]
+        try:
+            while not all(f.done() for f in futures):
+                wait_futures(futures, timeout=0.5)
+                proc.check_interrupted()  # a signal held back while a lane was talking QMP
+        except BaseException:
+            # Interrupted: each lane sees it within a second (guest.run polls for it); killing the
+            # QEMUs now also ends any SSH transfer a lane is blocked in.
+            proc.kill_all_children()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for f in futures:  # the lanes that got on with it have finished: now the first harness fault
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+
+    def lane(self, lane: int, queue: WorkQueue[AnyWorkload | None]) -> None:
+        """One VM at a time: it runs the tests of its mode while the mode has some left, then the lane
+        boots a VM for whatever test is next. A test that hangs or loses the guest is followed by a
+        fresh VM for the rest."""
+        s: Session | None = None
+        mode: MmuMode | None = None   # the lane's mode: after a hang, its next VM is of the same mode
+        check = False
+        try:
+            while True:
+                proc.check_interrupted()
+                item = queue.take(lane, mode.name if mode else None)
+                if item is None:
+                    break
+                if s is not None and item.mode != s.mode.name:
+                    s.stop()
+                    s = None
+                mode = MODES[item.mode]
+                if s is None:
+                    started = self.start_session(mode)
+                    if started.session is None:
+                        self.not_run(mode, [item, *queue.drain(mode.name)], started.why_not)
+                        continue
+                    s, check = started.session, started.check
+                if item.workload is None:
+                    continue
+                res = self.run_cell(s, item.workload, check and item.workload.checks_consistency, item.index)
+                if res.failure in ("timeout", "guest_lost"):
+                    log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path,
+                             "timed out" if res.failure == "timeout" else "lost the guest", mode.name)
+                    s.stop(fast=True)
+                    s = None
+        except BaseException:
+            if s is not None:
+                s.stop(fast=True)
+            raise
+        if s is not None:
+            s.stop()
+
+    def not_run(self, mode: MmuMode, items: list[schedule.Item[AnyWorkload | None]], why: str) -> None:
+        for it in items:
+            if it.workload is not None:
+                self.book.add(mode.name, it.index, [TestResult(it.workload.path(mode.name), ERROR,
+                                                               reason=f"not run: {why}")])
+
+    def start_session(self, mode: MmuMode) -> Started:
+        """Boot a VM of `mode` and check that it reached the mode. The mode's first VM gives its boot
+        case; another one (a second lane, or a fresh VM after a hang) adds a boot case only if it fails."""
+        n = self.book.next_boot(mode.name)
+        tag = mode.name if n == 1 else f"{mode.name}-{n}"
+        case = f"kvm.{mode.name}.boot" + ("" if n == 1 else f".{n}")
+        try:
+            s = Session.boot(self.prepared, self.opts, mode, self.out, tag)
+        except BootError as e:
+            (self.out / f"boot-error-{tag}.txt").write_text(f"{e}\n\n{e.detail}\n")
+            self.book.add_boot(mode.name, [TestResult(case, ERROR, reason=str(e), output=e.detail, failure="boot",
+                                                      artifacts=[f"boot-error-{tag}.txt", f"console-{tag}.log"])])
+            return Started(None, why_not=f"boot failed ({e})")
+        self.timings.append("ssh_ready_s", round(s.ready_s, 2))
+        try:
+            facts = s.facts()
+            _, findings = s.cut_dmesg()
+        except BaseException:
+            s.stop(fast=True)
+            raise
+        boot = verdicts.boot_verdict(case, mode, facts, findings, s.ready_s, s.vm.spec.smp)
+        self.timings.put("fingerprint", tag, facts.fingerprint(s.ready_s))
+        if n == 1 or boot.status != PASS:
+            self.book.add_boot(mode.name, [boot])
+        if boot.status != PASS:
+            s.stop()
+            return Started(None, why_not=boot.reason)
+        auto = self.opts.consistency == "auto"
+        if n == 1 and auto and not facts.instrumented and self.prepared.instrumented:
+            self.book.add_boot(mode.name, [
+                TestResult(f"{w.path(mode.name)}.consistency", ERROR,
+                           reason="the instrumentation series was applied but the guest has no "
+                                  "kvmmmu:kvm_mmu_pw_spte tracepoint")
+                for w in self.opts.plan.selected(mode.name) if w.checks_consistency])
+        return Started(s, auto and facts.instrumented)
+
+    def run_cell(self, s: Session, w: AnyWorkload, check: bool, index: int) -> TestResult:
+        """Run one workload (and its retry), put its results in the book; returns the workload's result."""
+        mode = s.mode
+        try:
+            results = self.attempt(s, w, check)
+            if verdicts.worth_a_retry(results[0], self.opts.retries):
+                log.warning("%s failed (%s); running it once more before calling it a regression",
+                            results[0].path, results[0].reason)
+                second = self.attempt(s, w, check, attempt=2)
+                self.checks.wait_for(results[1:] + second[1:])  # the merge compares both attempts' verdicts
+                results = verdicts.merge_attempts(results, second)
+        except Interrupted as e:
+            self.book.add(mode.name, index, [TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}")])
+            raise
+        self.book.add(mode.name, index, results)
+        return results[0]
+
+    def attempt(self, s: Session, w: AnyWorkload, check: bool, attempt: int = 1) -> list[TestResult]:
+        """One run of `w`: [workload result] plus, when `check`, its consistency result (a placeholder
+        that the background checks fill in)."""
+        proc.check_interrupted()
+        path = w.path(s.mode.name)
+        why_not = ""
+        if check:
+            with self.timings.measure("capture_s"):
+                why_not = capture.start(s.guest, self.opts.capture)
+        obs, cap = self.observe(s, w, path, check and not why_not, attempt)
+        res = verdicts.workload_verdict(obs)
+        if res.failure in ("timeout", "guest_lost"):
+            why = (f"timeout after {w.timeout_s:g} s" if res.failure == "timeout"
+                   else "guest lost during the test")
+            summary, artifact = s.forensics(path, why)
+            res.evidence["forensics"] = summary
+            res.artifacts.append(artifact)
+            if check:
+                lost = "workload timed out" if res.failure == "timeout" else "guest lost during the workload"
+                return [res, verdicts.consistency_verdict(path, s.mode, None, lost, None)]
+            return [res]
+        if not check:
+            return [res]
+        placeholder = TestResult(f"{path}.consistency", ERROR, reason="not checked yet")
+        self.checks.submit(placeholder, lambda: self.timed_check(path, s.mode, cap, why_not))
+        return [res, placeholder]
+
+    def timed_check(self, path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str) -> TestResult:
+        t0 = time.monotonic()
+        with self.timings.measure("check_s"):
+            v = check_capture(path, mode, cap, why_not)
+        log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t0)
+        return v
+
+    def observe(self, s: Session, w: AnyWorkload, path: str, capturing: bool,
+                attempt: int) -> tuple[verdicts.Observation, capture.Captured | None]:
+        """Run `w` in the guest and gather what verdicts.workload_verdict judges: its output, the console
+        and the kernel log; the capture is stopped and fetched when `capturing`."""
+        console_mark = len(s.vm.console())
+        log.info("running %s: %s", path, w.command())
+        obs = verdicts.Observation(path, w.test, w.command(), w.timeout_s, s.tag, 0.0, None)
+        t0 = time.monotonic()
+        try:
+            r = s.run(w.command(), w.timeout_s)
+        except GuestError as e:
+            obs.seconds = time.monotonic() - t0
+            self.timings.workload_ran(t0, t0 + obs.seconds)
+            proc.check_interrupted()
+            time.sleep(0.5)  # let a dying QEMU finish, so its end is reported as it was
+            obs.lost, obs.qemu_alive, obs.qemu_end = str(e), s.vm.alive(), s.vm.exit_description()
+            obs.console, obs.console_tail = s.vm.console()[console_mark:], s.vm.console_tail()
+            return obs, None
+        obs.run, obs.seconds = r, r.seconds
+        self.timings.workload_ran(t0, t0 + r.seconds)
+        with open(self.out / f"workloads-{s.tag}.log", "a") as f:
+            f.write(f"### {path}\n$ {w.command()}\n{r.stdout}{r.stderr}\n### exit {r.rc} after {r.seconds:.1f}s\n")
+        if r.timed_out:
+            obs.console = s.vm.console()[console_mark:]
+            return obs, None
+        cap = None
+        if capturing:
+            safe = path.replace("/", "_")
+            with self.timings.measure("capture_s"):
+                cap = capture.stop_and_fetch(s.guest, self.out / "capture" /
+                                             (safe if attempt == 1 else f"{safe}.attempt{attempt}"))
+        try:
+            obs.dmesg, _ = s.cut_dmesg(after=path)
+        except GuestError as e:
+            obs.dmesg_error = str(e)
+            with open(self.out / f"dmesg-{s.tag}.txt", "a") as f:
+                f.write(f"### after {path}\n")
+        return obs, cap

@@ -1,0 +1,84 @@
+"""The stages before any VM: source -> series -> config -> build -> image, composed into a `Prepared`
+build that any number of runs can boot (each stage is its own module and callable on its own).
+
+Everything heavy is keyed and cached under cache.cache_root(): a second `prepare` of the same inputs
+runs no make and packs no image.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import build as build_mod
+from . import cache, proc, source
+from . import image as image_mod
+from . import series as series_mod
+from . import vm as vm_mod
+from .request import PrepareRequest
+
+
+@dataclass
+class Prepared:
+    """A built kernel with its selftests, the guest image and its initramfs, the accelerator."""
+
+    build: build_mod.BuildResult
+    initrd: Path
+    image: image_mod.Image
+    accel: vm_mod.Accel
+    qemu_version: str
+    source: dict[str, object]          # the source's identity (kind, sha256 or commit, ...)
+    build_s: float = 0.0               # what the stages took in this prepare (0 make on a cache hit)
+    image_s: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The cache key of the kernel build and of the image: equal keys boot the same bits."""
+        return f"{self.build.key}+{self.image.key}"
+
+    @property
+    def instrumented(self) -> bool:
+        """Was the instrumentation series (the pw_sptes dump and the kvm_mmu_pw_* tracepoints) applied?"""
+        applied = self.build.meta.get("series", [])
+        return isinstance(applied, list) and any(s.get("name") == "instrumentation" for s in applied)
+
+
+def prepare(req: PrepareRequest, series: list[series_mod.Series], log_dir: Path,
+            accel: vm_mod.Accel | None = None,
+            on_source: Callable[[dict[str, object]], None] | None = None) -> Prepared:
+    """Build (or find in the cache) the kernel and image for `req`.
+
+    `series`: request.validate's (loaded and hashed). `log_dir` receives build.log (a note and the
+    original build's log on a cache hit) and .config. `on_source` is told the source's identity as
+    soon as it is known, before the build (metadata.json records it early). Raises the stages'
+    errors: UsageError, ApplyError, ConfigError, BuildError, InfraError.
+    """
+    root = cache.cache_root()
+    t0 = time.monotonic()
+    ws = source.from_tree(req.tree, root) if req.tree else source.from_tarball(req.tarball, root)
+    if on_source is not None:
+        on_source(ws.identity)
+    b = build_mod.build(build_mod.BuildRequest(ws, series, req.config), root, log_dir / "build.log")
+    build_s = round(time.monotonic() - t0, 1)
+    shutil.copy2(b.dir / "config", log_dir / ".config")
+    if b.cached:
+        note_cached_build(b, log_dir)
+    t1 = time.monotonic()
+    img = image_mod.build_image(root)
+    initrd = image_mod.initrd_for(img, b, root)
+    image_s = round(time.monotonic() - t1, 1)
+    proc.check_interrupted()
+    if accel is None:
+        accel = vm_mod.choose_accel(req.accel)
+    return Prepared(b, initrd, img, accel, vm_mod.qemu_version(), dict(ws.identity), build_s, image_s)
+
+
+def note_cached_build(b: build_mod.BuildResult, log_dir: Path) -> None:
+    """build.log of a run that built nothing: says so, then the original build's log."""
+    with open(log_dir / "build.log", "w") as f:
+        f.write(f"# build cache hit {b.key}: make was not run. The original build's log follows "
+                f"({b.dir / 'build.log'}).\n")
+        f.write((b.dir / "build.log").read_text(errors="replace"))

@@ -1,0 +1,176 @@
+"""The run's decisions, as pure functions of what was observed: boot, workload, consistency, retry.
+
+No VM, no SSH, no file: the lanes observe (lanes.py, session.py) and these decide, so each rule is
+tested on plain values (tests/test_verdicts.py). The exit code of a whole run is in errors.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import capture, forensics
+from .checks import health
+from .checks.findings import Verdict
+from .guest import RunResult
+from .modes import MmuMode, ModeFacts
+from .results import ERROR, FAIL, PASS, SKIP, TestResult
+from .workloads import KSFT_PASS, KSFT_SKIP, perf_figures, skip_reason
+
+OUTPUT_KEPT = 20000   # characters of a test's output kept in the reports (its tail)
+
+
+def boot_verdict(path: str, mode: MmuMode, facts: ModeFacts, findings: list[health.Finding], ssh_ready_s: float,
+                 smp: int) -> TestResult:
+    """The boot case: the kernel log is clean, KVM initialised, and the guest is in `mode` on `smp` CPUs.
+
+    A health finding or a KVM that did not come up is the kernel's FAIL; a mode not reached, too few
+    CPUs or no TSC frequency is the environment's ERROR."""
+    problems = facts.problems(mode)
+    env_problems = [x for x in (facts.cpu_problem(smp), facts.tsc_problem()) if x]  # the machine's, not KVM's
+    res = TestResult(path, PASS, ssh_ready_s, evidence={"fingerprint": facts.fingerprint(ssh_ready_s)},
+                     output="\n".join(facts.kvm_lines))
+    if findings:
+        res.status, res.reason = FAIL, health.describe(findings)
+        res.output += "\n" + "\n".join(f.excerpt for f in findings)
+    elif not facts.dev_kvm or not facts.vendor:
+        res.status, res.reason = FAIL, "; ".join(problems)
+    elif problems:
+        res.status, res.reason = ERROR, "MMU mode not reached: " + "; ".join(problems)
+    elif env_problems:
+        res.status, res.reason = ERROR, "; ".join(env_problems)
+    return res
+
+
+@dataclass
+class Observation:
+    """What one workload run left behind, for workload_verdict.
+
+    `run` is None when the guest went away under the test (`lost` says how); `console` is the serial
+    console since the test started; `dmesg` the kernel log cut after it (not read after a timeout
+    or a lost guest)."""
+
+    path: str
+    test: str                   # the selftest (or "cmd")
+    command: str
+    timeout_s: float
+    tag: str                    # the VM's tag: names console-<tag>.log and dmesg-<tag>.txt
+    seconds: float
+    run: RunResult | None
+    lost: str = ""
+    qemu_alive: bool = True
+    qemu_end: str = ""          # vm.exit_description()
+    console: str = ""
+    console_tail: str = ""
+    dmesg: str = ""
+    dmesg_error: str = ""
+
+
+def workload_verdict(obs: Observation) -> TestResult:
+    """A workload's result. A crash of the guest kernel is the test's FAIL; any other loss of the guest
+    or a timeout is an ERROR (KernelCI: a harness fault is never a FAIL); otherwise the kselftest exit
+    code decides (0 pass, 4 skip, anything else fail), and a kernel health finding turns a pass into a
+    FAIL. Forensics are the caller's (lanes), for failure "timeout" and "guest_lost"."""
+    res = TestResult(obs.path, PASS, obs.seconds, command=obs.command)
+    if obs.run is None:
+        findings = health.scan(obs.console, f"console-{obs.tag}.log")
+        res.status = FAIL if findings else ERROR
+        qemu = "" if obs.qemu_alive else f"; QEMU {obs.qemu_end}"
+        res.reason = health.describe(findings) if findings else f"lost the guest: {obs.lost}{qemu}"
+        res.output = "\n".join(f.excerpt for f in findings) or obs.console_tail
+        res.failure = "guest_lost"
+        res.evidence["qemu"] = obs.qemu_end
+        return res
+    r = obs.run
+    # printable: a test's terminal escapes would break junit.xml
+    res.output = health.printable(r.stdout + r.stderr)[-OUTPUT_KEPT:]
+    if r.timed_out:
+        res.status, res.failure = ERROR, "timeout"
+        res.reason = (f"timeout after {obs.timeout_s:g} s (--timeout); "
+                      f"forensics in forensics/{forensics.safe_name(obs.path)}/")
+        res.output = (res.output + f"\n[console since the test started ends: {health.last_line(obs.console)}]").strip()
+        return res
+    if r.rc == KSFT_PASS:
+        res.status = PASS
+    elif r.rc == KSFT_SKIP:
+        res.status, res.reason = SKIP, skip_reason(res.output)
+    else:
+        res.status = FAIL
+        last = [ln for ln in res.output.splitlines() if ln.strip()][-3:]
+        res.reason = f"exit {r.rc}: " + " | ".join(last)
+    if obs.test == "dirty_log_perf_test":
+        res.evidence["figures"] = perf_figures(res.output)
+    if obs.dmesg_error:
+        res.evidence["dmesg_error"] = obs.dmesg_error
+    findings = health.scan(obs.dmesg, f"dmesg-{obs.tag}.txt")
+    if findings:
+        res.evidence["health"] = [f.summary() for f in findings]
+        res.failure = "health"
+        if res.status in (PASS, SKIP):
+            res.status = FAIL
+            res.reason = "kernel reported: " + health.describe(findings)
+        else:
+            res.reason += "; kernel reported: " + health.describe(findings)
+        res.output += "\n" + "\n".join(f.excerpt for f in findings)
+    return res
+
+
+def consistency_verdict(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
+                        verdict: Verdict | None) -> TestResult:
+    """The bitmap/counter verdict of one workload run (`<path>.consistency`): the checker's verdict on
+    the capture (None when there is none: `why_not` or the capture's error says why, an ERROR), made an
+    ERROR where the capture itself is incomplete, or where a mode that reaches the shadow MMU showed none."""
+    res = TestResult(f"{path}.consistency", ERROR)
+    if cap is None or cap.error or why_not or verdict is None:
+        res.reason = why_not or (cap.error if cap else "no capture") or "not checked"
+        return res
+    res.evidence = {"counts": verdict.counts, "vanished_dumps": cap.vanished, "ring_buffer_lost": cap.ring_lost,
+                    "ring_buffer_entries": cap.ring_entries, "capture_dir": str(cap.dir)}
+    res.status, res.reason = verdict.status, verdict.reason
+    if cap.ring_lost and res.status != FAIL:
+        res.status = ERROR
+        res.reason = f"the trace ring buffer lost {cap.ring_lost} events; {verdict.reason}"
+    elif cap.ring_entries is not None and verdict.counts.get("events") != cap.ring_entries:
+        # Incomplete evidence: even a finding made on it may be an artefact of the missing events.
+        res.status = ERROR
+        res.reason = (f"the trace gave {verdict.counts.get('events')} events but the guest's ring buffer held "
+                      f"{cap.ring_entries} (truncated or unreadable {cap.trace}); {verdict.reason}")
+    if res.status == SKIP and mode.reaches_patched_code:
+        # A mode that should reach the shadow MMU showed none of it: that is not a skip.
+        res.status, res.reason = ERROR, f"mode {mode.name} should reach the patched code but: {verdict.reason}"
+    res.output = "\n\n".join(str(i) for i in verdict.inconsistencies)
+    return res
+
+
+def worth_a_retry(res: TestResult, retries: int) -> bool:
+    """Retry-before-regression, for a selftest's own failure only: never for a kernel
+    health finding (a WARN or an Oops is a bug however often it shows), a timeout, or a
+    lost guest. Measured here: TCG's emulated nested SVM occasionally shuts the
+    selftest's L2 guest down ("Invalid guest sync status: exit_reason=SHUTDOWN")
+    under CPU contention, in the unpatched TDP MMU mode as well."""
+    return retries > 0 and res.status == FAIL and res.failure is None
+
+
+def merge_attempts(first: list[TestResult], second: list[TestResult]) -> list[TestResult]:
+    """Both attempts are kept as evidence. The workload passes only if the retry passes
+    (then it is marked flaky); a consistency FAIL from either attempt always stands.
+
+    Each list is [workload result, consistency result?]; returns the same shape."""
+    w1, w2 = first[0], second[0]
+    w2.evidence["first_attempt"] = {"status": w1.status, "reason": w1.reason, "output": w1.output[-4000:],
+                                    "duration_s": round(w1.duration_s, 1)}
+    if w2.status == PASS:
+        w2.evidence["flaky"] = True
+        w2.reason = f"flaky: passed on retry; first attempt: {w1.reason}"
+    else:
+        w2.reason = f"failed twice; {w2.reason}"
+    merged = [w2]
+    c1 = first[1] if len(first) > 1 else None
+    c2 = second[1] if len(second) > 1 else None
+    if c1 is not None and c1.status == FAIL:
+        c1.evidence["retry_verdict"] = c2.status if c2 else None
+        merged.append(c1)
+    elif c2 is not None:
+        if c1 is not None:
+            c2.evidence["first_attempt_verdict"] = {"status": c1.status, "reason": c1.reason}
+        merged.append(c2)
+    return merged

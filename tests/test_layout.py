@@ -1,0 +1,110 @@
+"""The package's shape, held: modules use each other's public names only, stay small, import no cycle,
+and the checker's parsers do no I/O (the library issue's must-show, kept true by CI)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "harness"
+MAX_MODULE_LINES = 350
+# The checker's modules that are pure over text and values; files.py is the one that reads files.
+PURE_CHECKS = ("consistency", "debugfs", "findings", "health", "replay", "synth", "trace")
+IO_MODULES = {"os", "subprocess", "shutil", "tempfile", "gzip", "lzma", "harness.proc"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def harness_imports(path: Path) -> list[tuple[int, str, str | None]]:
+    """(line, module, name) of every import of a harness module (name None for `import x`)."""
+    tree = ast.parse(path.read_text())
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            for a in node.names:
+                found.append((node.lineno, base, a.name))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, None) for a in node.names]
+    return [f for f in found if f[1] == "harness" or f[1].startswith("harness.")]
+
+
+def private_uses(path: Path) -> list[str]:
+    """`from harness.x import _y`, and `x._y` where x names an imported harness module."""
+    bad, modules = [], set()
+    for line, mod, name in harness_imports(path):
+        if name is not None and name.startswith("_") and not name.startswith("__"):
+            bad.append(f"{path.name}:{line}: imports {mod}.{name}")
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.names:
+            modules |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("harness")}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            bad.append(f"{path.name}:{node.lineno}: uses {node.value.id}.{node.attr}")
+    return bad
+
+
+def test_no_module_or_test_uses_another_modules_private_names():
+    files = sorted(PACKAGE.rglob("*.py")) + sorted((REPO / "tests").glob("*.py"))
+    bad = [b for f in files for b in private_uses(f)]
+    assert bad == []
+
+
+def test_every_module_is_under_the_size_a_reader_takes_in():
+    sizes = {module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {m: n for m, n in sizes.items() if n >= MAX_MODULE_LINES} == {}
+
+
+def test_the_package_imports_no_cycle():
+    graph: dict[str, set[str]] = {}
+    for p in PACKAGE.rglob("*.py"):
+        me = module_name(p)
+        deps = set()
+        for _, mod, name in harness_imports(p):
+            full = f"{mod}.{name}" if name else mod
+            target = full if (REPO / Path(*full.split("."))).with_suffix(".py").exists() else mod
+            if target != me and target != "harness":
+                deps.add(target)
+        graph[me] = deps
+    seen: dict[str, int] = {}   # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if seen.get(d) == 1:
+                cycles.append(" -> ".join(path[path.index(d):] + [d]))
+            elif d not in seen:
+                visit(d, path + [d])
+        seen[m] = 2
+    for m in sorted(graph):
+        if m not in seen:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_the_checkers_parsers_and_verdicts_do_no_io():
+    for name in PURE_CHECKS:
+        tree = ast.parse((PACKAGE / "checks" / f"{name}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        opens = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                 and n.func.id == "open"]
+        assert not imported & IO_MODULES and opens == [], (name, imported & IO_MODULES, opens)
+
+
+def test_verdicts_decide_without_a_vm():
+    imported = {m for _, m, _ in harness_imports(PACKAGE / "verdicts.py")}
+    assert not imported & {"harness.vm", "harness.session", "harness.lanes", "harness.proc"}

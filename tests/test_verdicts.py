@@ -1,0 +1,153 @@
+"""The run's decisions on plain values (harness/verdicts.py): no VM, no SSH."""
+
+from pathlib import Path
+
+from harness import capture
+from harness.checks.findings import Verdict, new_counts
+from harness.checks.health import scan
+from harness.errors import exit_code_for
+from harness.guest import RunResult
+from harness.modes import MODES, parse_facts
+from harness.report import ktap
+from harness.results import ERROR, FAIL, PASS, SKIP, TestResult
+from harness.verdicts import (
+    Observation,
+    boot_verdict,
+    consistency_verdict,
+    merge_attempts,
+    workload_verdict,
+    worth_a_retry,
+)
+
+
+def _w(status, reason="", failure=None):
+    return TestResult("kvm.tdp_mmu.dirty_log_test.clear-log", status, reason=reason, failure=failure)
+
+
+def _c(status, reason=""):
+    return TestResult("kvm.tdp_mmu.dirty_log_test.clear-log.consistency", status, reason=reason)
+
+
+def test_only_a_selftests_own_failure_is_retried():
+    retries = 1
+    assert worth_a_retry(_w(FAIL, "exit 254: Invalid guest sync status"), retries)
+    assert not worth_a_retry(_w(FAIL, "kernel reported: warning", failure="health"), retries)
+    assert not worth_a_retry(_w(ERROR, "timeout", failure="timeout"), retries)
+    assert not worth_a_retry(_w(PASS), retries)
+    assert not worth_a_retry(_w(FAIL, "x"), 0)
+
+
+def test_flaky_pass_keeps_the_first_attempt():
+    merged = merge_attempts([_w(FAIL, "exit 254: SHUTDOWN"), _c(PASS, "ok1")], [_w(PASS), _c(PASS, "ok2")])
+    assert merged[0].status == PASS and merged[0].evidence["flaky"] is True
+    assert merged[0].reason == "flaky: passed on retry; first attempt: exit 254: SHUTDOWN"
+    assert merged[0].evidence["first_attempt"]["status"] == FAIL
+    assert merged[1].reason == "ok2" and merged[1].evidence["first_attempt_verdict"]["status"] == PASS
+    assert "# flaky: passed on retry" in ktap.render(merged)
+
+
+def test_failing_twice_is_a_fail_and_a_consistency_fail_always_stands():
+    merged = merge_attempts([_w(FAIL, "a"), _c(FAIL, "bits")], [_w(FAIL, "b"), _c(PASS, "ok")])
+    assert merged[0].status == FAIL and merged[0].reason.startswith("failed twice")
+    assert merged[1].status == FAIL and merged[1].reason == "bits"
+
+
+# --- the boot, workload and consistency verdicts: plain values in, results out, no VM ----------------------------
+
+
+
+REAL = Path(__file__).parent / "data" / "real"
+WARN_DMESG = (REAL / "dmesg-mutant-warn.txt").read_text()
+# modes.FACTS_SCRIPT's output as a real shadow-mode guest printed it (values from a run's fingerprint).
+FACTS_SHADOW = """vendor=kvm_amd
+dev_kvm=1
+nested=1
+tdp=0
+tdp_mmu=N
+release=6.12.117+
+cpus=2
+instrumented=1
+kvm_line=[    1.523600] kvm_amd: Nested Virtualization enabled
+kvm_line=[    1.523700] kvm_amd: Nested Paging disabled
+"""
+
+
+def test_boot_verdict_pass_records_the_fingerprint():
+    res = boot_verdict("kvm.shadow.boot", MODES["shadow"], parse_facts(FACTS_SHADOW), [], 1.73, 2)
+    assert res.status == PASS and res.reason == "" and res.duration_s == 1.73
+    fp = res.evidence["fingerprint"]
+    assert fp["tdp"] == "N" and fp["instrumented"] is True and fp["guest_kernel"] == "6.12.117+"
+
+
+def test_boot_verdict_kernel_report_is_fail_mode_not_reached_is_error():
+    facts = parse_facts(FACTS_SHADOW)
+    warn = scan(WARN_DMESG, "dmesg-shadow.txt")
+    assert boot_verdict("b", MODES["shadow"], facts, warn, 1.0, 2).status == FAIL
+    wrong = boot_verdict("b", MODES["tdp_legacy"], facts, [], 1.0, 2)
+    assert wrong.status == ERROR and wrong.reason.startswith("MMU mode not reached: npt=N")
+    no_kvm = boot_verdict("b", MODES["shadow"], parse_facts(FACTS_SHADOW.replace("dev_kvm=1", "dev_kvm=0")),
+                          [], 1.0, 2)
+    assert no_kvm.status == FAIL and "/dev/kvm missing" in no_kvm.reason
+    one_cpu = boot_verdict("b", MODES["shadow"], facts, [], 1.0, 4)
+    assert one_cpu.status == ERROR and "brought up 2 CPU(s) of the 4" in one_cpu.reason
+
+
+def _obs(rc, out="", dmesg="", **kw):
+    run = RunResult("/bin/dirty_log_test -M dirty-log", rc, out, "", 12.5)
+    return Observation("kvm.shadow.dirty_log_test.dirty-log", "dirty_log_test", run.cmd, 240, "shadow", 12.5, run,
+                       dmesg=dmesg, **kw)
+
+
+def test_workload_verdict_from_the_kselftest_exit_code():
+    assert workload_verdict(_obs(0, "ok\n")).status == PASS
+    skip = workload_verdict(_obs(4, "1..0 # SKIP no dirty ring support\n"))
+    assert skip.status == SKIP and "no dirty ring" in skip.reason
+    fail = workload_verdict(_obs(254, "==== Test Assertion Failure ====\nInvalid guest sync status\n"))
+    assert fail.status == FAIL and fail.reason == "exit 254: ==== Test Assertion Failure ==== | Invalid guest sync status"
+    assert fail.failure is None and worth_a_retry(fail, 1)
+
+
+def test_a_kernel_warning_fails_a_passing_workload_and_is_never_retried():
+    res = workload_verdict(_obs(0, "ok\n", dmesg=WARN_DMESG))
+    assert res.status == FAIL and res.failure == "health" and not worth_a_retry(res, 1)
+    assert res.reason.startswith("kernel reported: warning: WARNING: CPU: 0 PID: 83 at ../src/arch/x86/kvm/mmu/mmu.c:522")
+    assert "mmu_log_possible_writable_spte" in res.output
+
+
+def test_timeout_and_lost_guest_are_errors_unless_the_kernel_crashed():
+    t = workload_verdict(_obs(None, "partial", console="[ 9.1] still running\n"))
+    assert t.status == ERROR and t.failure == "timeout" and t.timed_out
+    assert t.reason.startswith("timeout after 240 s (--timeout); forensics in forensics/")
+    assert t.output.endswith("[console since the test started ends: '[ 9.1] still running']")
+    lost = Observation("kvm.shadow.cmd.x", "cmd", "x", 240, "shadow", 3.0, None, lost="SSH connection lost",
+                       qemu_alive=False, qemu_end="killed by SIGKILL", console="", console_tail="tail")
+    res = workload_verdict(lost)
+    assert res.status == ERROR and res.failure == "guest_lost" and res.output == "tail"
+    assert res.reason == "lost the guest: SSH connection lost; QEMU killed by SIGKILL"
+    lost.console = "[ 5.0] Kernel panic - not syncing: Fatal exception\n"
+    crashed = workload_verdict(lost)
+    assert crashed.status == FAIL and crashed.reason.startswith("panic: Kernel panic - not syncing")
+    assert exit_code_for([TestResult("kvm.shadow.boot", PASS), t]) == 8
+
+
+def _verdict(status, events=10):
+    return Verdict(status, f"{status.lower()} reason", new_counts(events=events, pages=2), [])
+
+
+def test_consistency_verdict_errors_on_incomplete_evidence():
+    cap = capture.Captured(Path("/cap"), ring_entries=10)
+    assert consistency_verdict("p", MODES["shadow"], cap, "", _verdict(PASS)).status == PASS
+    short = consistency_verdict("p", MODES["shadow"], cap, "", _verdict(PASS, events=9))
+    assert short.status == ERROR and "the trace gave 9 events but the guest's ring buffer held 10" in short.reason
+    lossy = capture.Captured(Path("/cap"), ring_lost=3, ring_entries=10)
+    assert consistency_verdict("p", MODES["shadow"], lossy, "", _verdict(PASS)).status == ERROR
+    assert consistency_verdict("p", MODES["shadow"], lossy, "", _verdict(FAIL)).status == FAIL  # a finding stands
+    assert consistency_verdict("p", MODES["shadow"], None, "instrumentation missing", None).reason == \
+        "instrumentation missing"
+
+
+def test_a_skip_is_an_error_where_the_mode_reaches_the_patched_code():
+    cap = capture.Captured(Path("/cap"), ring_entries=10)
+    assert consistency_verdict("p", MODES["tdp_mmu"], cap, "", _verdict(SKIP)).status == SKIP
+    res = consistency_verdict("p", MODES["shadow"], cap, "", _verdict(SKIP))
+    assert res.status == ERROR and res.reason.startswith("mode shadow should reach the patched code")
