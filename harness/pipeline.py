@@ -51,6 +51,7 @@ def prepare_build(req: RunRequest, log_dir: Path) -> Prepared:
     """Validate the build's inputs and prepare it (build.log and .config into `log_dir`): a Prepared that
     any number of boot_test(prepared=...) runs reuse. Raises the stages' HarnessErrors."""
     series = validate_prepare(req)
+    log_dir.mkdir(parents=True, exist_ok=True)
     return prepare(req, series, log_dir, vm_mod.choose_accel(req.accel))
 
 

@@ -66,9 +66,8 @@ def auto_lanes(cpus: int, available: int | None, vm_memory: int, work: int) -> t
 
 
 def lanes_for(requested: int | None, vm_memory: str, work: int) -> tuple[int, str]:
-    if requested is not None:
-        if requested < 1:
-            raise UsageError(f"--vms must be at least 1 (or auto): {requested}")
+    """(lanes, why): `requested` (--vms) capped at the work, or auto_lanes from this host's CPUs and memory."""
+    if requested is not None:  # at least 1: request.validate_options
         return min(requested, max(1, work)), "--vms"
     try:
         with open("/proc/meminfo") as f:

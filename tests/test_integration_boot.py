@@ -54,6 +54,15 @@ def test_boot_test_passes_in_every_mode(boot_test):
         assert tests[f"kvm.{mode}.boot"] == "PASS"
 
 
+def test_the_results_are_the_recorded_ones(boot_test):
+    """The same tests with the same statuses, in the same order, as the recorded run of `make boot-test`
+    (boot-test-results.json: taken from a real run before the library split; paths and statuses only)."""
+    _, _, res, _, _ = boot_test
+    recorded = json.loads((REPO / "tests" / "data" / "real" / "boot-test-results.json").read_text())
+    got = [[t["path"], t["status"]] for t in res["kvm_harness"]["results"]]
+    assert got == recorded["results"]
+
+
 def test_guest_console_shows_nested_kvm_and_the_modes(boot_test):
     _, meta, _, run, _ = boot_test
     console = (run / "console.log").read_text(errors="replace")
