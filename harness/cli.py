@@ -79,8 +79,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="dirty_log_perf_test -b (guest memory each vCPU dirties)")
     g.add_argument("--timeout", type=float, default=plan.timeout_s, help="per-test timeout in seconds")
     g.add_argument("--retries", type=int, default=d.retries, choices=(0, 1),
-                   help="run a failing selftest once more before calling it a FAIL (0: never); "
-                        "a health finding or a consistency FAIL is never retried away")
+                   help="run a selftest that failed with a known infrastructure signature once more before "
+                        "calling it a FAIL (0: never); any other failure is a FAIL the first time")
     g.add_argument("--consistency", choices=("auto", "off"), default=d.consistency,
                    help="auto: capture dumps + trace and check the bitmap wherever the guest kernel is instrumented")
     g.add_argument("--workload-cmd", action="append", default=[], metavar="NAME=CMD",

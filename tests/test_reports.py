@@ -72,3 +72,19 @@ def test_junit_survives_console_control_characters(tmp_path):
     xml = JUnitXml.fromfile(str(tmp_path / "j.xml"))
     case = next(iter(next(iter(xml))))
     assert "console" in case.system_out
+
+
+def test_a_pass_on_retry_is_flaky_in_ktap_junit_and_kcidb(tmp_path):
+    flaky = TestResult("kvm.tdp_mmu.dirty_log_test.clear-log", PASS, 30.0,
+                       reason="flaky: passed on retry; first attempt: exit 254: ... exit_reason=SHUTDOWN",
+                       evidence={"flaky": True, "first_attempt": {"status": "FAIL"}})
+    assert "# flaky: passed on retry; first attempt: exit 254" in ktap.render([flaky])
+    junit.write([flaky, RESULTS[0]], tmp_path / "junit.xml")
+    xml = (tmp_path / "junit.xml").read_text()
+    assert xml.count("<flakyFailure") == 1 and 'message="flaky: passed on retry' in xml
+    cases = [c for s in JUnitXml.fromfile(str(tmp_path / "junit.xml")) for c in s]
+    assert all(c.is_passed for c in cases)   # still a pass for every JUnit reader
+    doc = kcidb.render("run1", [flaky, RESULTS[0]], {"kind": "tarball", "sha256": "a" * 64},
+                       {"key": "abc", "config_base": "trim", "applied": []}, {"summary": "tcg"}, "pass")
+    kcidb_io.schema.V4_3.validate(json.loads(json.dumps(doc)))
+    assert [t["misc"]["flaky"] for t in doc["tests"]] == [True, False]

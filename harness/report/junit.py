@@ -1,4 +1,5 @@
-"""JUnit XML via junitparser: FAIL -> <failure>, ERROR -> <error>, SKIP -> <skipped>."""
+"""JUnit XML via junitparser: FAIL -> <failure>, ERROR -> <error>, SKIP -> <skipped>; a pass on retry
+also carries <flakyFailure> (Surefire's rerun schema)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from pathlib import Path
 
 from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
+from junitparser.junitparser import Result
 
 from ..results import ERROR, FAIL, SKIP, TestResult
 
@@ -15,6 +17,13 @@ _INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 def _xml(text: str) -> str:
     return _INVALID.sub("\ufffd", text)
+
+
+class FlakyFailure(Result):
+    """Maven Surefire's rerun element (Jenkins' JUnit plugin reads it): the test passed on a retry;
+    the message is the first attempt's failure. The case itself stays a pass."""
+
+    _tag = "flakyFailure"  # type: ignore[assignment]  # junitparser types Element._tag as None
 
 
 def write(results: list[TestResult], path: Path, suite_name: str = "kvm-harness") -> None:
@@ -28,6 +37,8 @@ def write(results: list[TestResult], path: Path, suite_name: str = "kvm-harness"
             case.result = [Error(_xml(r.reason or "error"), "timeout" if r.timed_out else "error")]
         elif r.status == SKIP:
             case.result = [Skipped(_xml(r.reason or "skipped"))]
+        if r.evidence.get("flaky"):
+            case.append(FlakyFailure(_xml(r.reason), "flaky"))  # type: ignore[no-untyped-call]  # junitparser
         case.system_out = _xml(r.output[-20000:])
         suite.add_testcase(case)
     xml = JUnitXml()

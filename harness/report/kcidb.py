@@ -48,7 +48,8 @@ def render(run_id: str, results: list[TestResult], source: dict[str, Any], build
             "id": f"{ORIGIN}:{run_id}:{r.path}", "build_id": build_id, "origin": ORIGIN,
             "path": r.path, "status": r.status, "duration": round(r.duration_s, 3), "start_time": now,
             "environment": {"comment": environment.get("summary", ""), "misc": environment},
-            "misc": {"reason": r.reason, "timed_out": r.timed_out, "evidence": r.evidence,
+            "misc": {"reason": r.reason, "timed_out": r.timed_out, "flaky": bool(r.evidence.get("flaky")),
+                     "evidence": r.evidence,
                      "command": r.command, "run_status": status},
         })
     return out
