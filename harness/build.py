@@ -26,7 +26,17 @@ from .source import Workspace
 log = logging.getLogger("kvm-harness")
 
 RECIPE_VERSION = 1
+# The KVM selftests the workloads run, relative to tools/testing/selftests/kvm/ (6.12's layout). The
+# first two are in every tree since 5.x; dirty_log_enable_test comes with the series'
+# kernel-patches/dirty-log-enable-selftest and is built wherever the tree has it.
 SELFTESTS = ("dirty_log_test", "dirty_log_perf_test")
+OPTIONAL_SELFTESTS = ("x86_64/dirty_log_enable_test",)
+
+
+def selftests_in(src: Path) -> list[str]:
+    """The selftests (SELFTESTS, then the OPTIONAL_SELFTESTS whose source the tree has) to build."""
+    kvm = src / "tools/testing/selftests/kvm"
+    return [*SELFTESTS, *(t for t in OPTIONAL_SELFTESTS if (kvm / f"{t}.c").is_file())]
 _CC_ERROR = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:(?P<col>\d+):)? (?:fatal )?error: (?P<msg>.*)$", re.M)
 _MAKE_ERROR = re.compile(r"^make(?:\[\d+\])?: \*\*\* .*$", re.M)
 
@@ -141,9 +151,10 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                 _make(req, root, [*mk, "bzImage", "headers_install"], logfile, "kernel build")
                 t_kernel = time.monotonic()
                 kst = ws.obj / "kselftest" / "kvm"
+                tests = selftests_in(ws.src)
                 _make(req, root, ["-C", str(ws.src / "tools/testing/selftests/kvm"), f"-j{req.jobs}",
                                   f"OUTPUT={kst}", f"KHDR_INCLUDES=-isystem {ws.obj / 'usr/include'}",
-                                  "EXTRA_CFLAGS=-static", "LDFLAGS=-static", *[str(kst / t) for t in SELFTESTS]],
+                                  "EXTRA_CFLAGS=-static", "LDFLAGS=-static", *[str(kst / t) for t in tests]],
                       logfile, "KVM selftests build")
                 t_selftests = time.monotonic()
             except BaseException:
@@ -154,11 +165,13 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
             shutil.copy2(ws.obj / ".config", out / "config")
             shutil.copy2(ws.obj / "System.map", out / "System.map")
             (out / "selftests").mkdir()
-            for t in SELFTESTS:
-                shutil.copy2(kst / t, out / "selftests" / t)
+            for t in tests:
+                # flat, by name: the guest runs them as /bin/<name>
+                shutil.copy2(kst / t, out / "selftests" / Path(t).name)
             meta: dict[str, object] = {
                 "key": key, "source": ws.identity, "series": [s.describe() for s in req.series],
                 "applied": applied, "config_base": req.config.base,
+                "selftests": [Path(t).name for t in tests],
                 "config_fragments": [str(f) for f in req.config.fragments(ws.src)],
                 "kernel_release": (ws.obj / "include/config/kernel.release").read_text().strip(),
                 "durations_s": {"apply": round(t_apply - t0, 1), "config": round(t_config - t_apply, 1),

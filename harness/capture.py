@@ -21,6 +21,8 @@ from .guest import Guest
 
 TRACING = "/sys/kernel/tracing"
 EVENTS = ("kvm_mmu_pw_spte", "kvm_mmu_pw_page")
+# Write-protect-all's events (instrumentation 0004): enabled where the kernel has them.
+OPTIONAL_EVENTS = ("kvm_mmu_wp_all", "kvm_mmu_wp_load")
 CAP = "/tmp/kvm-harness-capture"
 
 
@@ -34,7 +36,9 @@ class CaptureSettings:
 
 
 def start_script(s: CaptureSettings) -> str:
-    enable = "\n".join(f"echo 1 > $T/events/kvmmmu/{e}/enable || exit 3" for e in EVENTS)
+    enable = "\n".join([*(f"echo 1 > $T/events/kvmmmu/{e}/enable || exit 3" for e in EVENTS),
+                        *(f"[ -d $T/events/kvmmmu/{e} ] && echo 1 > $T/events/kvmmmu/{e}/enable"
+                          for e in OPTIONAL_EVENTS)])
     return f"""
 T={TRACING}
 for e in {' '.join(EVENTS)}; do
@@ -80,7 +84,9 @@ T={TRACING}
 touch {CAP}/stop
 i=0; while [ ! -e {CAP}/stopped ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo 0 > $T/tracing_on
-for e in {' '.join(EVENTS)}; do echo 0 > $T/events/kvmmmu/$e/enable; done
+for e in {' '.join(EVENTS + OPTIONAL_EVENTS)}; do
+  [ -d $T/events/kvmmmu/$e ] && echo 0 > $T/events/kvmmmu/$e/enable
+done
 for c in $T/per_cpu/cpu*; do
   echo "$(basename $c) $(grep -E '^entries|overrun|dropped events' $c/stats | tr '\\n' ' ')"
 done > {CAP}/ring-stats.txt

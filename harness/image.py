@@ -23,7 +23,7 @@ from pathlib import Path
 import paramiko
 
 from . import cache, proc
-from .build import SELFTESTS, BuildResult
+from .build import BuildResult
 from .errors import InfraError, UsageError
 from .guest import HOST_ALIAS
 
@@ -184,8 +184,8 @@ def initrd_for(image: Image, build: BuildResult, root: Path) -> Path:
     try:
         stage = tmp / "stage"
         (stage / "bin").mkdir(parents=True)
-        for t in SELFTESTS:
-            shutil.copy2(build.selftests / t, stage / "bin" / t)
+        for t in sorted(build.selftests.iterdir()):
+            shutil.copy2(t, stage / "bin" / t.name)
         _write_cpio(stage, tmp / "selftests.cpio.gz")
         part = tmp / "initrd.cpio.gz"
         with open(part, "wb") as f:

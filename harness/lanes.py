@@ -175,7 +175,7 @@ class Lanes:
                 TestResult(f"{w.path(mode.name)}.consistency", ERROR,
                            reason="the instrumentation series was applied but the guest has no "
                                   "kvmmmu:kvm_mmu_pw_spte tracepoint")
-                for w in self.opts.plan.selected(mode.name) if w.checks_consistency])
+                for w in self.opts.plan.selected(mode.name, self.prepared.selftests) if w.checks_consistency])
         return Started(s, auto and facts.instrumented)
 
     def run_cell(self, s: Session, w: AnyWorkload, check: bool, index: int) -> TestResult:

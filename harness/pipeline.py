@@ -42,9 +42,10 @@ class RunOutcome:
     error: dict[str, object] | None    # the harness error that stopped the run: kind, message, detail
 
 
-def cells_for(modes: list[str], plan: WorkloadPlan) -> list[Cell]:
-    """boot-test's matrix: every selected workload in every mode; a mode with none keeps its boot case."""
-    return [c for m in modes for c in ([Cell(m, w) for w in plan.selected(m)] or [Cell(m)])]
+def cells_for(modes: list[str], plan: WorkloadPlan, selftests: tuple[str, ...] | None = None) -> list[Cell]:
+    """boot-test's matrix: every selected workload (of the build's `selftests`, when given) in every mode;
+    a mode with none keeps its boot case."""
+    return [c for m in modes for c in ([Cell(m, w) for w in plan.selected(m, selftests)] or [Cell(m)])]
 
 
 def prepare_build(req: RunRequest, log_dir: Path) -> Prepared:
@@ -63,9 +64,10 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
 def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepared | None = None,
               cells: list[Cell] | None = None, label: str = "boot-test") -> RunOutcome:
     """One run in a new directory under req.results_root: build unless `prepared` is given, then `cells`
-    (default: cells_for(req.modes, req.plan)), checks and reports. Never raises a HarnessError: it is
-    recorded in the outcome, metadata.json and the reports; the run directory always has them."""
-    cells = cells if cells is not None else cells_for(req.modes, req.plan)
+    (default: cells_for(req.modes, req.plan, the build's selftests)), checks and reports. Never raises a
+    HarnessError: it is recorded in the outcome, metadata.json and the reports; the run directory always
+    has them."""
+    modes = req.modes if cells is None else list(dict.fromkeys(c.mode for c in cells))
     # A signal while the run directory is being set up, or while the reports are
     # being written, is held back: the run is then either recorded or not started.
     with proc.deferred_interrupts():
@@ -73,7 +75,7 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
     out = record.dir
     log.info("run directory %s", out)
     t_start = time.monotonic()
-    book = ResultBook(list(dict.fromkeys(c.mode for c in cells)))
+    book = ResultBook(modes)
     timings = Timings()
     checks = BackgroundChecks()
     build_meta: dict[str, object] | None = None
@@ -81,7 +83,7 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
     error: dict[str, object] | None = None
     try:
         proc.check_interrupted()
-        prepared = _prepared(req, prepared, cells, record)
+        prepared = _prepared(req, prepared, modes, record)
         build_meta = prepared.build.meta
         timings.update(build_s=prepared.build_s, build_cached=prepared.build.cached, image_s=prepared.image_s)
         record.update(build=build_meta, qemu_version=prepared.qemu_version,
@@ -89,6 +91,8 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
                                    "reason": prepared.accel.reason},
                       kernel_release=build_meta.get("kernel_release"))
         t_work = time.monotonic()
+        if cells is None:
+            cells = cells_for(req.modes, req.plan, prepared.selftests)
         Lanes(prepared, req, out, timings, book, checks).run(cells)
         checks.finish()
         proc.check_interrupted()   # a signal held back during the last QMP exchange
@@ -119,7 +123,7 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
     return RunOutcome(out, results, status, code, error)
 
 
-def _prepared(req: RunRequest, prepared: Prepared | None, cells: list[Cell], record: RunRecord) -> Prepared:
+def _prepared(req: RunRequest, prepared: Prepared | None, modes: list[str], record: RunRecord) -> Prepared:
     """Validate, then build, or take the given build; metadata.json learns the source as soon as known."""
     if prepared is None:
         series = validate(req)
@@ -127,7 +131,7 @@ def _prepared(req: RunRequest, prepared: Prepared | None, cells: list[Cell], rec
         described = [s.describe() for s in series]
         return prepare(req, series, record.dir, accel,
                        on_source=lambda ident: record.update(source=ident, series=described))
-    validate_modes([c.mode for c in cells])
+    validate_modes(modes)
     validate_options(req)
     record.update(source=prepared.source, series=prepared.build.meta.get("series"))
     (record.dir / ".config").write_bytes((prepared.build.dir / "config").read_bytes())

@@ -40,6 +40,13 @@ class Prepared:
         return f"{self.build.key}+{self.image.key}"
 
     @property
+    def selftests(self) -> tuple[str, ...]:
+        """The KVM selftests this build has, by name (builds made before the list was recorded: the two
+        every tree has)."""
+        names = self.build.meta.get("selftests")
+        return tuple(str(n) for n in names) if isinstance(names, list) else build_mod.SELFTESTS
+
+    @property
     def instrumented(self) -> bool:
         """Was the instrumentation series (the pw_sptes dump and the kvm_mmu_pw_* tracepoints) applied?"""
         applied = self.build.meta.get("series", [])

@@ -115,6 +115,12 @@ def workload_verdict(obs: Observation) -> TestResult:
     return res
 
 
+def traced_events(counts: dict[str, int]) -> int:
+    """Every event the checker read from a capture's trace: the replayed kvm_mmu_pw_* ones and the counted
+    write-protect-all ones (FORMAT.md). The guest's ring buffer must have held exactly as many."""
+    return sum(counts.get(k, 0) for k in ("events", "wp_all_enables", "wp_all_disables", "wp_loads"))
+
+
 def consistency_verdict(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
                         verdict: Verdict | None) -> TestResult:
     """The bitmap/counter verdict of one workload run (`<path>.consistency`): the checker's verdict on
@@ -130,10 +136,10 @@ def consistency_verdict(path: str, mode: MmuMode, cap: capture.Captured | None, 
     if cap.ring_lost and res.status != FAIL:
         res.status = ERROR
         res.reason = f"the trace ring buffer lost {cap.ring_lost} events; {verdict.reason}"
-    elif cap.ring_entries is not None and verdict.counts.get("events") != cap.ring_entries:
+    elif cap.ring_entries is not None and traced_events(verdict.counts) != cap.ring_entries:
         # Incomplete evidence: even a finding made on it may be an artefact of the missing events.
         res.status = ERROR
-        res.reason = (f"the trace gave {verdict.counts.get('events')} events but the guest's ring buffer held "
+        res.reason = (f"the trace gave {traced_events(verdict.counts)} events but the guest's ring buffer held "
                       f"{cap.ring_entries} (truncated or unreadable {cap.trace}); {verdict.reason}")
     if res.status == SKIP and mode.reaches_patched_code:
         # A mode that should reach the shadow MMU showed none of it: that is not a skip.

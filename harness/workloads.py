@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -71,6 +72,9 @@ class WorkloadPlan:
     perf_iterations: int = 3
     timeout_s: float = 240.0
     log_modes: tuple[str, ...] = ("dirty-log", "clear-log", "dirty-ring")
+    # dirty_log_enable_test: enable/disable cycles and memslot MiB (kernel-patches/dirty-log-enable-selftest)
+    enable_cycles: int = 2
+    enable_mb: int = 64
     only: tuple[str, ...] = field(default_factory=tuple)   # substrings of test paths to keep
     commands: tuple[tuple[str, str], ...] = ()              # --workload-cmd (NAME, CMD), after the selftests
 
@@ -81,12 +85,16 @@ class WorkloadPlan:
         # memory at once: the path the series under test speeds up.
         out.append(Workload("dirty_log_perf_test", "", ("-v", "1", "-b", self.perf_bytes,
                                                         "-i", str(self.perf_iterations), "-g"), self.timeout_s))
+        # Checks the content of the dirty log after a flags-only enable: the path write-protect-all takes.
+        out.append(Workload("dirty_log_enable_test", "", ("-c", str(self.enable_cycles), "-m", str(self.enable_mb),
+                                                          "-v", "2"), self.timeout_s))
         return out
 
-    def selected(self, mode: str) -> list[AnyWorkload]:
-        """What runs in `mode`, in order: the selftests, then the hook's commands, as --only filters them."""
-        every: list[AnyWorkload] = [*self.workloads(), *(CommandWorkload(n, c, self.timeout_s)
-                                                          for n, c in self.commands)]
+    def selected(self, mode: str, available: Collection[str] | None = None) -> list[AnyWorkload]:
+        """What runs in `mode`, in order: the selftests (those in `available`, the build's, when given),
+        then the hook's commands, as --only filters them."""
+        tests = [w for w in self.workloads() if available is None or w.test in available]
+        every: list[AnyWorkload] = [*tests, *(CommandWorkload(n, c, self.timeout_s) for n, c in self.commands)]
         return [w for w in every if not self.only or any(o in w.path(mode) for o in self.only)]
 
 

@@ -111,3 +111,26 @@ def test_lost_markers() -> None:
     stats = TraceStats()
     assert len(list(parse_trace(lines, stats=stats))) == 1
     assert (stats.lost_events, stats.lost_markers, stats.overrun_markers) == (130, 2, 1)
+
+
+# --- write-protect-all's events (FORMAT.md): counted, not replayed --------------------------------------------
+
+WP_LINES = [
+    # as `trace-cmd report -N` prints them (padded event name), with a pw event between
+    "  dirty_log_perf_-95    [001]    52.131:  kvm_mmu_wp_all:       vm=0xffffc90000b91000 enable=1 gen=0x1\n",
+    "  dirty_log_perf_-97    [000]    52.140:  kvm_mmu_wp_load:      vm=0xffffc90000b91000 spt=0xffff888106b0e000"
+    " gfn=0x0 role=0x1904 level=4 old_gen=0 gen=0x1 count=2\n",
+    "  dirty_log_perf_-97    [000]    52.141:  kvm_mmu_pw_spte:      seq=0x10 vm=0xffffc90000b91000"
+    " spt=0xffff888106b0e000 gfn=0x0 role=0x1904 level=4 idx=0 old=0x106b0f827 new=0x106b0f825 count=1\n",
+    "  dirty_log_perf_-95    [001]    60.002:  kvm_mmu_wp_all:       vm=0xffffc90000b91000 enable=0 gen=0x1\n",
+]
+
+
+def test_write_protect_all_events_are_counted_and_checked():
+    st = TraceStats()
+    events = list(parse_trace(WP_LINES, stats=st))
+    assert len(events) == 1 and isinstance(events[0], SpteEvent)
+    assert (st.wp_all_enables, st.wp_all_disables, st.wp_loads) == (1, 1, 1)
+    bad = WP_LINES[1].replace(" count=2", " count=two")
+    with pytest.raises(TraceFormatError, match="malformed kvm_mmu_wp event"):
+        list(parse_trace([bad], stats=TraceStats()))

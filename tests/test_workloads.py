@@ -34,10 +34,15 @@ def test_plan_has_three_log_modes_and_perf_per_mode():
     plan = WorkloadPlan()
     paths = [w.path("shadow") for w in plan.workloads()]
     assert paths == ["kvm.shadow.dirty_log_test.dirty-log", "kvm.shadow.dirty_log_test.clear-log",
-                     "kvm.shadow.dirty_log_test.dirty-ring", "kvm.shadow.dirty_log_perf_test"]
+                     "kvm.shadow.dirty_log_test.dirty-ring", "kvm.shadow.dirty_log_perf_test",
+                     "kvm.shadow.dirty_log_enable_test"]
     assert plan.workloads()[0].command().startswith("/bin/dirty_log_test -M dirty-log")
     assert "-g" in plan.workloads()[3].argv
     assert [w.variant for w in WorkloadPlan(only=("dirty-ring",)).selected("tdp_mmu")] == ["dirty-ring"]
+    # a tree without the series' selftest (plain 6.12) runs the others only
+    built = ("dirty_log_test", "dirty_log_perf_test")
+    assert [w.test for w in plan.selected("shadow", built)] == ["dirty_log_test"] * 3 + ["dirty_log_perf_test"]
+    assert plan.workloads()[4].command() == "/bin/dirty_log_enable_test -c 2 -m 64 -v 2"
 
 
 def test_perf_figures():

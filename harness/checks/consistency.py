@@ -134,15 +134,17 @@ def _attach_recent(items: list[Inconsistency], evs: list[SpteEvent | PageEvent],
 
 
 def check(snapshots: list[Snapshot], events: Iterable[SpteEvent | PageEvent], *, lost_events: int = 0,
-          max_reported: int = 20, require_trace: bool = False) -> Verdict:
+          max_reported: int = 20, require_trace: bool = False,
+          wp_counts: dict[str, int] | None = None) -> Verdict:
     """Judge the invariant on all the evidence of one run.
 
     `require_trace`: the caller captured a trace, so a trace without any pw event while the dumps show
-    shadow pages is a capture fault (tracing was not on), not a snapshot-only check.
+    shadow pages is a capture fault (tracing was not on), not a snapshot-only check. `wp_counts`: the
+    write-protect-all events the trace held (TraceStats), reported in the counts as they are.
     """
     findings = Findings(max_reported)
     errors = CaptureFaults()
-    counts = new_counts(snapshots=len(snapshots), lost_events=lost_events)
+    counts = new_counts(snapshots=len(snapshots), lost_events=lost_events, **(wp_counts or {}))
     vms: set[int] = set()
     for snap in snapshots:
         vms.add(snap.vm)

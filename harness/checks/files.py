@@ -103,7 +103,9 @@ def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict
         reader = trace_dat_lines if is_trace_dat(Path(trace_path)) else open_text
         with reader(Path(trace_path)) as f:
             events = list(parse_trace(f, stats=stats, source=str(trace_path)))
-        return check(snapshots, events, lost_events=stats.lost_events, require_trace=True)
+        wp = {"wp_all_enables": stats.wp_all_enables, "wp_all_disables": stats.wp_all_disables,
+              "wp_loads": stats.wp_loads}
+        return check(snapshots, events, lost_events=stats.lost_events, require_trace=True, wp_counts=wp)
     except (DumpFormatError, TraceFormatError) as e:
         return Verdict(ERROR, f"malformed capture: {e}", empty, [])
     except OSError as e:

@@ -13,7 +13,9 @@ from harness.results import Status
 MAX_ERRORS_SHOWN = 5  # capture faults named in the reason (all are counted)
 # What a verdict says it examined (Verdict.counts): the one list of its keys.
 COUNT_KEYS = ("snapshots", "vms", "pages", "sptes", "events", "pages_replayed", "snapshot_comparisons",
-              "inconsistencies", "capture_faults", "lost_events")
+              "inconsistencies", "capture_faults", "lost_events",
+              # write-protect-all, counted from its trace events (FORMAT.md), not replayed
+              "wp_all_enables", "wp_all_disables", "wp_loads")
 
 
 def new_counts(**given: int) -> dict[str, int]:

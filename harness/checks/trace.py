@@ -70,6 +70,10 @@ class TraceStats:
     lost_events: int = 0  # sum of N over `CPU:c [LOST N EVENTS]`
     lost_markers: int = 0
     overrun_markers: int = 0  # `##### CPU c buffer started ####`: that CPU's oldest events were overwritten
+    # write-protect-all (FORMAT.md, counted, not replayed): kvm_mmu_wp_all enable=1 / enable=0, kvm_mmu_wp_load
+    wp_all_enables: int = 0
+    wp_all_disables: int = 0
+    wp_loads: int = 0
 
 
 # A hex field: 0x-prefixed, or a bare "0". The kernel prints %#llx of zero as "0x0", but `trace-cmd report`
@@ -84,6 +88,12 @@ _PAGE_RE = re.compile(
     rf"kvm_mmu_pw_page:\s+seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
     r" op=(alloc|free) count=(-?\d+)\s*\Z"
 )
+_WP_ALL_RE = re.compile(rf"kvm_mmu_wp_all:\s+vm={_H} enable=([01]) gen={_H}\s*\Z")
+_WP_LOAD_RE = re.compile(
+    rf"kvm_mmu_wp_load:\s+vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
+    rf" old_gen={_H} gen={_H} count=(\d+)\s*\Z"
+)
+_WP_MARK = "kvm_mmu_wp_"
 _LOST_RE = re.compile(r"\[LOST (\d+) EVENTS\]")
 _OVERRUN_RE = re.compile(r"^##### CPU \d+ buffer started ####")
 
@@ -96,8 +106,22 @@ class _HexCache(dict[str, int]):
         return value
 
 
-def _marker(line: str, stats: TraceStats) -> None:
-    """Count ftrace's loss annotations (only called for lines that are not pw events)."""
+def _marker(line: str, stats: TraceStats, line_no: int = 0, source: str = "") -> None:
+    """Count ftrace's loss annotations and the write-protect-all events (only called for lines that are
+    not pw events); a malformed kvm_mmu_wp_* event raises TraceFormatError."""
+    p = line.find(_WP_MARK)
+    if p >= 0 and not line.startswith("#"):
+        m = _WP_ALL_RE.match(line, p)
+        if m is not None:
+            if m[2] == "1":
+                stats.wp_all_enables += 1
+            else:
+                stats.wp_all_disables += 1
+        elif _WP_LOAD_RE.match(line, p):
+            stats.wp_loads += 1
+        elif line.startswith(("kvm_mmu_wp_all:", "kvm_mmu_wp_load:"), p):
+            raise TraceFormatError(line_no, line.rstrip("\n"), "malformed kvm_mmu_wp event", source)
+        return
     if "LOST" in line:
         m = _LOST_RE.search(line)
         if m:
@@ -125,7 +149,7 @@ def parse_trace(lines: Iterable[str], *, stats: TraceStats | None = None,
         p = line.find(_MARK)
         if p < 0 or line.startswith("#"):
             if stats is not None:
-                _marker(line, st)
+                _marker(line, st, line_no, source)
             continue
         while p >= 0:  # almost always one pass: the first mention is the event name
             m = spte_match(line, p)
@@ -151,7 +175,7 @@ def parse_trace(lines: Iterable[str], *, stats: TraceStats | None = None,
             p = line.find(_MARK, p + 1)
         else:
             if stats is not None:
-                _marker(line, st)
+                _marker(line, st, line_no, source)
     st.lines = line_no
 
 
