@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import pipeline, proc, shell
-from .errors import EXIT_USAGE, HarnessError, Interrupted
+from .errors import EXIT_USAGE, HarnessError, Interrupted, UsageError
 from .kconfig import BASES, ConfigRequest
 from .modes import MODES
 from .request import RunRequest
@@ -91,6 +91,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def request_from(args: argparse.Namespace) -> RunRequest:
+    if args.no_series and args.series is not None:
+        raise UsageError("--no-series and --series contradict each other: --series alone replaces the default "
+                         "list (kernel-patches/default)")
     if args.no_series:
         dirs: list[Path] = []
     elif args.series is not None:

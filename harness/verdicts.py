@@ -148,11 +148,19 @@ def consistency_verdict(path: str, mode: MmuMode, cap: capture.Captured | None, 
     return res
 
 
-# Selftest failures that come from the machine, not from KVM: the only ones retried. Measured here:
-# TCG's emulated nested SVM occasionally shuts the selftest's L2 guest down under CPU contention, in
-# the unpatched TDP MMU mode as well; dirty_log_test then fails in its vCPU thread's sync check
-# (tools/testing/selftests/kvm/dirty_log_test.c: "Invalid guest sync status: exit_reason=%s").
-INFRA_SIGNATURES = (re.compile(r"Invalid guest sync status: exit_reason=SHUTDOWN"),)
+# Selftest failures that do not come from the KVM under test: the only ones retried, each seen here.
+INFRA_SIGNATURES = (
+    # TCG's emulated nested SVM occasionally shuts the selftest's L2 guest down under CPU contention,
+    # in the unpatched TDP MMU mode as well; dirty_log_test then fails in its vCPU thread's sync check
+    # (tools/testing/selftests/kvm/dirty_log_test.c: "Invalid guest sync status: exit_reason=%s").
+    re.compile(r"Invalid guest sync status: exit_reason=SHUTDOWN"),
+    # 6.12's dirty_log_test in dirty-ring mode: a page reported dirty holds an older iteration's value
+    # ("Set page %lu value %lu incorrect (iteration=%lu)", after an iteration that collected 0 pages).
+    # Seen here in the TDP MMU mode, which the series does not touch; a race of the test's own
+    # iteration hand-off with its vCPU thread (believed fixed in later kernels' dirty_log_test, not
+    # verified here). A page *missing* from the log is never retried.
+    re.compile(r"Set page \d+ value \d+ incorrect \(iteration=\d+\)"),
+)
 
 
 def worth_a_retry(res: TestResult, retries: int) -> bool:

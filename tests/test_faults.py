@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, cache, forensics, kconfig, proc, series, source, vm
+from harness import build, cache, cli, forensics, kconfig, proc, series, source, vm
 from harness.checks.health import last_line, panic_excerpt, printable
 from harness.errors import ApplyError, ConfigError, Interrupted, UsageError, exit_code_for
 from harness.report import ktap
@@ -477,3 +477,10 @@ def _mbox(subject: str, body: str, start: int) -> str:
             "diff --git a/arch/x86/kvm/mmu/mmu.c b/arch/x86/kvm/mmu/mmu.c\n"
             "--- a/arch/x86/kvm/mmu/mmu.c\n+++ b/arch/x86/kvm/mmu/mmu.c\n"
             f"@@ -{start},3 +{start},3 @@\n {body}\n--\n2.39.5\n")
+
+
+def test_no_series_with_series_is_a_usage_error_not_a_silent_choice(tmp_path, capsys):
+    rc = cli.main(["boot-test", "--no-series", "--series", str(tmp_path), "--results", str(tmp_path / "r")])
+    assert rc == 2
+    assert "kvm-harness: usage error: --no-series and --series contradict each other" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()   # refused before any work

@@ -51,6 +51,8 @@ def test_boot_test_passes_in_every_mode(boot_test):
         for lm in ("dirty-log", "clear-log", "dirty-ring"):
             assert tests[f"kvm.{mode}.dirty_log_test.{lm}"] == "PASS"
         assert tests[f"kvm.{mode}.dirty_log_perf_test"] == "PASS"
+        # the series' own selftest: every page written after a flags-only enable is in the dirty log
+        assert tests[f"kvm.{mode}.dirty_log_enable_test"] == "PASS"
         assert tests[f"kvm.{mode}.boot"] == "PASS"
 
 
@@ -110,7 +112,7 @@ def test_consistency_checked_where_the_patched_code_runs(boot_test):
     """Issue 3/4: the port + instrumentation is exercised, with non-zero evidence, in the shadow MMU modes."""
     _, _, res, run, _ = boot_test
     cons = {t["path"]: t for t in res["kvm_harness"]["results"] if t["path"].endswith(".consistency")}
-    assert len(cons) == 12, sorted(cons)
+    assert len(cons) == 15, sorted(cons)
     for path, t in cons.items():
         counts = t["evidence"]["counts"]
         if path.startswith(("kvm.shadow.", "kvm.tdp_legacy.")):
@@ -122,5 +124,11 @@ def test_consistency_checked_where_the_patched_code_runs(boot_test):
         else:
             assert t["status"] == "SKIP" and "TDP MMU" in t["reason"], (path, t["reason"])
             assert counts["snapshots"] > 0  # the dumps were read: the skip is measured, not assumed
+    # write-protect-all ran where the series reaches: enabled by the flags-only start of dirty logging in
+    # dirty_log_perf_test -g and dirty_log_enable_test, and pushed down into shadow pages
+    for mode in ("shadow", "tdp_legacy"):
+        for test in ("dirty_log_perf_test", "dirty_log_enable_test"):
+            counts = cons[f"kvm.{mode}.{test}.consistency"]["evidence"]["counts"]
+            assert counts["wp_all_enables"] > 0 and counts["wp_loads"] > 0, (mode, test, counts)
     dats = list((run / "capture").rglob("trace.dat"))
     assert dats and all(d.read_bytes()[:10] == b"\x17\x08\x44tracing" for d in dats)

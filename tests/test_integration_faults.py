@@ -210,6 +210,16 @@ def test_series_that_does_not_apply_names_patch_file_and_hunk(warm, tmp_path):
     msg = r.meta["error"]["message"]
     assert re.search(r"corrupt patch as-received/000_b4ca56b4f44c0abb.txt: malformed at line \d+: '.+'", msg), msg
     assert_workspace_at_base()
+
+    # the 2019 repost, as the mails were received: refused (not "corrupt"), naming its first patch and the file
+    for version, first in (("v1", "0001-correct-the-behavior-of-mmu_spte_update_no_track.mbox"),
+                           ("v2", "0001-introduce-possible_writable_spte_bitmap.mbox")):
+        r = harness(["boot-test", *QUICK, "--series", str(PATCHES / "fast-write-protect-2019" / version)],
+                    tmp_path / "r")
+        assert r.rc == 3, r.out[-3000:]
+        msg = r.meta["error"]["message"]
+        assert f"patch {version}/{first} does not apply" in msg and "arch/x86/kvm/mmu.c" in msg, msg
+        assert_workspace_at_base()
     assert_next_good_run_works(tmp_path)
 
 
