@@ -24,6 +24,7 @@ from .vm import VM
 log = logging.getLogger("kvm-harness")
 HOST_ALIAS = "kvm-harness-guest"
 SSHD_MARKER = "kvm-harness: sshd started"
+PANIC_EVENT_WAIT_S = 5.0   # the console's panic line to pvpanic's QMP event: bounded (vm.wait_panicked)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Guest:
             proc.check_interrupted()
             console = vm.console()
             if vm.panicked() or PANIC_RE.search(console):
+                vm.wait_panicked(PANIC_EVENT_WAIT_S)
                 console = vm.console()
                 m = PANIC_RE.search(console)
                 raise BootError(f"guest kernel panicked during boot: {m.group(0).strip() if m else 'GUEST_PANICKED'}",

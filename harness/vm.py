@@ -275,6 +275,17 @@ class VM:
         self.poll_events()
         return any(e.get("event") == "GUEST_PANICKED" for e in self.events)
 
+    def wait_panicked(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) for pvpanic's GUEST_PANICKED event. The console shows the panic line
+        before the kernel dumps the stack and runs its panic notifiers, pvpanic's among them: under TCG
+        that can take a second or more, and stopping QEMU first would lose the event."""
+        deadline = time.monotonic() + timeout_s
+        while not self.panicked():
+            if not self.alive() or time.monotonic() > deadline:
+                return self.panicked()
+            time.sleep(0.05)
+        return True
+
     def query(self, command: str) -> object:
         if self.qmp is None or not self.alive():
             return None
