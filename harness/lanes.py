@@ -38,8 +38,7 @@ class Cell:
 
 def check_capture(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str) -> TestResult:
     """`<path>.consistency`: the checker run on the captured files, then verdicts.consistency_verdict."""
-    ok = cap is not None and not cap.error and not why_not
-    verdict = check_files(cap.snapshots, cap.trace) if ok and cap is not None else None
+    verdict = None if cap is None or cap.error or why_not else check_files(cap.snapshots, cap.trace)
     return verdicts.consistency_verdict(path, mode, cap, why_not, verdict)
 
 

@@ -20,7 +20,7 @@ from . import proc
 from . import vm as vm_mod
 from .errors import EXIT_INFRA, EXIT_INTERRUPTED, HarnessError, Interrupted, exit_code_for
 from .lanes import Cell, Lanes
-from .prepare import Prepared, note_cached_build, prepare
+from .prepare import Prepared, prepare, record_build
 from .report import write_reports
 from .report.run_dir import RunRecord
 from .request import RunRequest, validate, validate_modes, validate_options, validate_prepare
@@ -134,8 +134,7 @@ def _prepared(req: RunRequest, prepared: Prepared | None, modes: list[str], reco
     validate_modes(modes)
     validate_options(req)
     record.update(source=prepared.source, series=prepared.build.meta.get("series"))
-    (record.dir / ".config").write_bytes((prepared.build.dir / "config").read_bytes())
-    note_cached_build(prepared.build, record.dir)
+    record_build(prepared.build, record.dir, built_here=False)
     return Prepared(prepared.build, prepared.initrd, prepared.image, prepared.accel, prepared.qemu_version,
                     prepared.source)   # this run built nothing: build_s and image_s are 0
 

@@ -70,9 +70,7 @@ def prepare(req: PrepareRequest, series: list[series_mod.Series], log_dir: Path,
         on_source(ws.identity)
     b = build_mod.build(build_mod.BuildRequest(ws, series, req.config), root, log_dir / "build.log")
     build_s = round(time.monotonic() - t0, 1)
-    shutil.copy2(b.dir / "config", log_dir / ".config")
-    if b.cached:
-        note_cached_build(b, log_dir)
+    record_build(b, log_dir, built_here=not b.cached)
     t1 = time.monotonic()
     img = image_mod.build_image(root)
     initrd = image_mod.initrd_for(img, b, root)
@@ -83,8 +81,12 @@ def prepare(req: PrepareRequest, series: list[series_mod.Series], log_dir: Path,
     return Prepared(b, initrd, img, accel, vm_mod.qemu_version(), dict(ws.identity), build_s, image_s)
 
 
-def note_cached_build(b: build_mod.BuildResult, log_dir: Path) -> None:
-    """build.log of a run that built nothing: says so, then the original build's log."""
+def record_build(b: build_mod.BuildResult, log_dir: Path, built_here: bool) -> None:
+    """The build's final .config into `log_dir`; and unless make ran for it (`built_here`: build.build()
+    wrote the log there), a build.log that says make was not run, then the original build's log."""
+    shutil.copy2(b.dir / "config", log_dir / ".config")
+    if built_here:
+        return
     with open(log_dir / "build.log", "w") as f:
         f.write(f"# build cache hit {b.key}: make was not run. The original build's log follows "
                 f"({b.dir / 'build.log'}).\n")

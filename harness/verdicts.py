@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import capture, forensics
 from .checks import health
-from .checks.findings import Verdict
+from .checks.findings import WP_COUNT_KEYS, Verdict
 from .guest import RunResult
 from .modes import MmuMode, ModeFacts
 from .results import ERROR, FAIL, PASS, SKIP, TestResult
@@ -118,7 +118,7 @@ def workload_verdict(obs: Observation) -> TestResult:
 def traced_events(counts: dict[str, int]) -> int:
     """Every event the checker read from a capture's trace: the replayed kvm_mmu_pw_* ones and the counted
     write-protect-all ones (FORMAT.md). The guest's ring buffer must have held exactly as many."""
-    return sum(counts.get(k, 0) for k in ("events", "wp_all_enables", "wp_all_disables", "wp_loads"))
+    return sum(counts.get(k, 0) for k in ("events", *WP_COUNT_KEYS))
 
 
 def consistency_verdict(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,

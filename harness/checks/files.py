@@ -17,7 +17,7 @@ from typing import IO
 from harness import proc
 from harness.checks.consistency import check
 from harness.checks.debugfs import DumpFormatError, Snapshot, parse_dump
-from harness.checks.findings import Verdict, new_counts
+from harness.checks.findings import WP_COUNT_KEYS, Verdict, new_counts
 from harness.checks.trace import TraceFormatError, TraceStats, parse_trace
 from harness.results import ERROR
 
@@ -103,8 +103,7 @@ def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict
         reader = trace_dat_lines if is_trace_dat(Path(trace_path)) else open_text
         with reader(Path(trace_path)) as f:
             events = list(parse_trace(f, stats=stats, source=str(trace_path)))
-        wp = {"wp_all_enables": stats.wp_all_enables, "wp_all_disables": stats.wp_all_disables,
-              "wp_loads": stats.wp_loads}
+        wp = {k: getattr(stats, k) for k in WP_COUNT_KEYS}
         return check(snapshots, events, lost_events=stats.lost_events, require_trace=True, wp_counts=wp)
     except (DumpFormatError, TraceFormatError) as e:
         return Verdict(ERROR, f"malformed capture: {e}", empty, [])

@@ -12,10 +12,10 @@ from harness.results import Status
 
 MAX_ERRORS_SHOWN = 5  # capture faults named in the reason (all are counted)
 # What a verdict says it examined (Verdict.counts): the one list of its keys.
+# Write-protect-all, counted from its trace events (FORMAT.md), not replayed: TraceStats' fields of these names.
+WP_COUNT_KEYS = ("wp_all_enables", "wp_all_disables", "wp_loads")
 COUNT_KEYS = ("snapshots", "vms", "pages", "sptes", "events", "pages_replayed", "snapshot_comparisons",
-              "inconsistencies", "capture_faults", "lost_events",
-              # write-protect-all, counted from its trace events (FORMAT.md), not replayed
-              "wp_all_enables", "wp_all_disables", "wp_loads")
+              "inconsistencies", "capture_faults", "lost_events", *WP_COUNT_KEYS)
 
 
 def new_counts(**given: int) -> dict[str, int]:
