@@ -23,7 +23,7 @@ from harness.checks.consistency import check, check_snapshot
 from harness.checks.debugfs import parse_dump
 from harness.checks.files import check_files, gc_paused
 from harness.checks.synth import SynthCapture, generate
-from harness.checks.trace import PageEvent, SpteEvent, parse_trace
+from harness.checks.trace import AnyEvent, parse_trace
 from harness.results import PASS
 
 T = TypeVar("T")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     big_text = cap.dumps[cap.big_dump_index]
 
     # 1. trace parse: lines -> events
-    def parse() -> list[SpteEvent | PageEvent]:
+    def parse() -> list[AnyEvent]:
         with open(trace_path) as f:
             return list(parse_trace(f))
     events, t_parse = _timed(parse)

@@ -116,7 +116,7 @@ BITMAP0 = ",".join(["0000000000000000"] * 8)
 
 
 @pytest.mark.parametrize("line_no,new,reason", [
-    (1, "kvm-pw-sptes v2", "first line"),
+    (1, "kvm-pw-sptes v3", "first line"),
     (2, "vm ffff888004a3c000", "vm line"),
     (3, "seq 0xzz", "seq line"),
     (4, "masks present=0x800 writable=0x2 nonpresent=0x8000000000000000", "masks line"),

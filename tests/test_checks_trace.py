@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from harness.checks.trace import (
     SpteEvent,
     TraceFormatError,
     TraceStats,
+    WpAllEvent,
+    WpLoadEvent,
     format_event,
     parse_trace,
 )
@@ -113,24 +116,35 @@ def test_lost_markers() -> None:
     assert (stats.lost_events, stats.lost_markers, stats.overrun_markers) == (130, 2, 1)
 
 
-# --- write-protect-all's events (FORMAT.md): counted, not replayed --------------------------------------------
+# --- write-protect-all's events (FORMAT.md v2): in the seq sequence, counted --------------------------------
 
 WP_LINES = [
     # as `trace-cmd report -N` prints them (padded event name), with a pw event between
-    "  dirty_log_perf_-95    [001]    52.131:  kvm_mmu_wp_all:       vm=0xffffc90000b91000 enable=1 gen=0x1\n",
-    "  dirty_log_perf_-97    [000]    52.140:  kvm_mmu_wp_load:      vm=0xffffc90000b91000 spt=0xffff888106b0e000"
-    " gfn=0x0 role=0x1904 level=4 old_gen=0 gen=0x1 count=2\n",
+    "  dirty_log_perf_-95    [001]    52.131:  kvm_mmu_wp_all:       seq=0xe vm=0xffffc90000b91000 enable=1 gen=0x1\n",
+    "  dirty_log_perf_-97    [000]    52.140:  kvm_mmu_wp_load:      seq=0xf vm=0xffffc90000b91000"
+    " spt=0xffff888106b0e000 gfn=0x0 role=0x1904 level=4 old_gen=0 gen=0x1 count=2\n",
     "  dirty_log_perf_-97    [000]    52.141:  kvm_mmu_pw_spte:      seq=0x10 vm=0xffffc90000b91000"
     " spt=0xffff888106b0e000 gfn=0x0 role=0x1904 level=4 idx=0 old=0x106b0f827 new=0x106b0f825 count=1\n",
-    "  dirty_log_perf_-95    [001]    60.002:  kvm_mmu_wp_all:       vm=0xffffc90000b91000 enable=0 gen=0x1\n",
+    "  dirty_log_perf_-95    [001]    60.002:  kvm_mmu_wp_all:       seq=0x11 vm=0xffffc90000b91000 enable=0 gen=0x1\n",
 ]
 
 
 def test_write_protect_all_events_are_counted_and_checked():
     st = TraceStats()
     events = list(parse_trace(WP_LINES, stats=st))
-    assert len(events) == 1 and isinstance(events[0], SpteEvent)
+    assert [type(e) for e in events] == [WpAllEvent, WpLoadEvent, SpteEvent, WpAllEvent]
+    assert [e.seq for e in events] == [0xE, 0xF, 0x10, 0x11]
+    assert events[1].old_gen == 0 and events[1].gen == 1 and events[1].count == 2
+    assert (events[0].enable, events[3].enable) == (True, False)
     assert (st.wp_all_enables, st.wp_all_disables, st.wp_loads) == (1, 1, 1)
+    # format_event prints what the kernel prints: the event name unpadded, zero as 0x0
+    assert [format_event(e) for e in events] == [
+        re.sub(r":\s+", ": ", line[line.index("kvm_mmu_"):].rstrip(), count=1).replace("old_gen=0 ", "old_gen=0x0 ")
+        for line in WP_LINES]
     bad = WP_LINES[1].replace(" count=2", " count=two")
     with pytest.raises(TraceFormatError, match="malformed kvm_mmu_wp event"):
         list(parse_trace([bad], stats=TraceStats()))
+    # v1's wp events had no seq: they would leave holes in the sequence, so they are refused by name
+    old = WP_LINES[0].replace("seq=0xe ", "")
+    with pytest.raises(TraceFormatError, match="malformed kvm_mmu_wp event"):
+        list(parse_trace([old]))

@@ -161,8 +161,8 @@ def test_consistency_verdict_errors_on_incomplete_evidence():
     assert consistency_verdict("p", MODES["shadow"], cap, "", _verdict(PASS)).status == PASS
     short = consistency_verdict("p", MODES["shadow"], cap, "", _verdict(PASS, events=9))
     assert short.status == ERROR and "the trace gave 9 events but the guest's ring buffer held 10" in short.reason
-    # write-protect-all's events are in the ring buffer too (counted, not replayed)
-    wp = Verdict(PASS, "ok", new_counts(events=7, pages=2, wp_all_enables=1, wp_loads=2), [])
+    # write-protect-all's events are among `events` (FORMAT.md v2: replayed with the rest), not added again
+    wp = Verdict(PASS, "ok", new_counts(events=10, pages=2, wp_all_enables=1, wp_loads=2), [])
     assert consistency_verdict("p", MODES["shadow"], cap, "", wp).status == PASS
     lossy = capture.Captured(Path("/cap"), ring_lost=3, ring_entries=10)
     assert consistency_verdict("p", MODES["shadow"], lossy, "", _verdict(PASS)).status == ERROR

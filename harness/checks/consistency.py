@@ -25,8 +25,8 @@ from harness.checks.findings import (
     page_inconsistency,
     set_bits,
 )
-from harness.checks.replay import Replay
-from harness.checks.trace import PageEvent, SpteEvent
+from harness.checks.replay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK, Replay
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, format_event
 from harness.results import ERROR, FAIL, PASS, SKIP
 
 RECENT_EVENTS = 6  # trace events shown per inconsistency
@@ -87,15 +87,50 @@ def self_check(snap: Snapshot, findings: Findings) -> tuple[int, int]:
     return len(pages), n_sptes
 
 
+def wp_self_check(snap: Snapshot, findings: Findings) -> int:
+    """Write-protect-all's invariant on one dump (v2, README.md "Write-protect-all"): while it is enabled,
+    a writable non-leaf spte of a page at the current generation points to a child at that generation.
+    Returns the number of such links checked (0 for a v1 dump or while disabled)."""
+    wp = snap.wp_all
+    if wp is None or not wp.enabled:
+        return 0
+    gen = wp.gen
+    present_writable = snap.masks.present | snap.masks.writable
+    by_spt = {p.spt: p for p in snap.pages}
+    src = snap.source or "dump"
+    checked = 0
+    for page in snap.pages:
+        if page.level == 1 or page.wp_gen != gen:
+            continue
+        for i, v in page.sptes.items():
+            if v & present_writable != present_writable or v & PT_PAGE_SIZE_MASK:
+                continue
+            child = by_spt.get((v & SPTE_BASE_ADDR_MASK) + wp.page_offset)
+            if child is None:  # not listed (a cut-off dump): nothing to judge
+                continue
+            checked += 1
+            if child.wp_gen != gen and findings.report("wp_snapshot_stale_child_writable"):
+                findings.keep(page_inconsistency(
+                    "wp_snapshot_stale_child_writable", snap.vm, page, i, f"child at generation {gen:#x}",
+                    f"child at {child.wp_gen:#x}",
+                    f"spte {v:#x} of a page at the current generation is a writable link to child"
+                    f" spt={child.spt:#x} gfn={child.gfn:#x} level {child.level}, which was not loaded since"
+                    f" write-protect-all was enabled (its {child.count} possibly-writable sptes can be written"
+                    " without a fault, unlogged).", snap.seq, f"{src}:{page.line_no}"))
+    return checked
+
+
 def check_snapshot(snap: Snapshot) -> list[Inconsistency]:
     """Self-consistency of one dump: count == popcount(bitmap), 0 <= count <= 512, and bit i set exactly
-    when spte i is possibly writable (never for a non-present spte). Every finding is returned."""
+    when spte i is possibly writable (never for a non-present spte); for a v2 dump also wp_self_check().
+    Every finding is returned."""
     findings = Findings(None)
     self_check(snap, findings)
+    wp_self_check(snap, findings)
     return findings.items
 
 
-def _describe(ev: SpteEvent | PageEvent, masks: Masks | None) -> str:
+def _describe(ev: AnyEvent, masks: Masks | None) -> str:
     if isinstance(ev, SpteEvent):
         def pw(v: int) -> str:
             if masks is None:
@@ -103,10 +138,12 @@ def _describe(ev: SpteEvent | PageEvent, masks: Masks | None) -> str:
             return "(pw)" if masks.possibly_writable(v) else "(-)"
         return (f"seq={ev.seq:#x} idx={ev.idx} old={ev.old:#x}{pw(ev.old)} -> new={ev.new:#x}{pw(ev.new)}"
                 f" count={ev.count} [trace line {ev.line_no}]")
-    return f"seq={ev.seq:#x} page {ev.op} gfn={ev.gfn:#x} count={ev.count} [trace line {ev.line_no}]"
+    if isinstance(ev, PageEvent):
+        return f"seq={ev.seq:#x} page {ev.op} gfn={ev.gfn:#x} count={ev.count} [trace line {ev.line_no}]"
+    return f"{format_event(ev)} [trace line {ev.line_no}]"
 
 
-def _attach_recent(items: list[Inconsistency], evs: list[SpteEvent | PageEvent],
+def _attach_recent(items: list[Inconsistency], evs: list[AnyEvent],
                    masks_for: dict[int, Masks], default: Masks | None) -> None:
     """Give each kept inconsistency the last trace events of its spte (or page), up to its seq."""
     if not items or not evs:
@@ -114,8 +151,10 @@ def _attach_recent(items: list[Inconsistency], evs: list[SpteEvent | PageEvent],
     wanted: dict[tuple[int, int], list[Inconsistency]] = {}
     for inc in items:
         wanted.setdefault((inc.vm, inc.spt), []).append(inc)
-    found: dict[int, list[SpteEvent | PageEvent]] = {id(i): [] for i in items}
+    found: dict[int, list[AnyEvent]] = {id(i): [] for i in items}
     for ev in evs:
+        if isinstance(ev, WpAllEvent):
+            continue
         incs = wanted.get((ev.vm, ev.spt))
         if incs is None:
             continue
@@ -133,7 +172,7 @@ def _attach_recent(items: list[Inconsistency], evs: list[SpteEvent | PageEvent],
         inc.recent_events = [_describe(e, m) for e in found[id(inc)]]
 
 
-def check(snapshots: list[Snapshot], events: Iterable[SpteEvent | PageEvent], *, lost_events: int = 0,
+def check(snapshots: list[Snapshot], events: Iterable[AnyEvent], *, lost_events: int = 0,
           max_reported: int = 20, require_trace: bool = False,
           wp_counts: dict[str, int] | None = None) -> Verdict:
     """Judge the invariant on all the evidence of one run.
@@ -154,6 +193,7 @@ def check(snapshots: list[Snapshot], events: Iterable[SpteEvent | PageEvent], *,
         if not snap.complete:
             errors.add(f"{name}: dump incomplete (no end line)")
         n_pages, n_sptes = self_check(snap, findings)
+        counts["wp_checks"] += wp_self_check(snap, findings)
         counts["pages"] += n_pages
         counts["sptes"] += n_sptes
     if len({s.masks for s in snapshots}) > 1:
@@ -172,6 +212,7 @@ def check(snapshots: list[Snapshot], events: Iterable[SpteEvent | PageEvent], *,
         replay.run(evs)
         counts["pages_replayed"] = replay.pages_replayed
         counts["snapshot_comparisons"] = replay.comparisons
+        counts["wp_checks"] += replay.wp_checks
     elif evs:
         errors.add("trace events but no dump: the masks are unknown, the trace cannot be replayed")
     elif require_trace and any(s.pages for s in snapshots):

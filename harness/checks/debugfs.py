@@ -1,4 +1,4 @@
-"""Parser of the instrumentation's debugfs dump (`pw_sptes`, FORMAT.md v1).
+"""Parser of the instrumentation's debugfs dump (`pw_sptes`, FORMAT.md v1 and v2).
 
 The dump is the kernel's own view of every shadow page's possible-writable bitmap, taken atomically under
 the VM's mmu_lock. This module only turns the text into values and refuses anything that does not follow
@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HEADER = "kvm-pw-sptes v1"
+HEADER_V2 = "kvm-pw-sptes v2"  # + write-protect-all: the `wp_all` line and each page's `wp_gen`
+WP_ALL_ENABLE = 1 << 63  # WP_ALL_ENABLE_MASK of the port (patch 0003); the generation is the other bits
 SP_ENTRIES = 512  # KVM_MMU_SP_ENTRY_NR: sptes per shadow page, bits per bitmap
 
 # union kvm_mmu_page_role in arch/x86/include/asm/kvm_host.h (6.12): (name, first bit, width).
@@ -82,6 +84,23 @@ class ShadowPage:
     bitmap: int  # 512-bit int: bit i <-> spte i
     sptes: dict[int, int] = field(default_factory=dict)
     line_no: int = 0  # line of the `page` record in its dump, for messages
+    wp_gen: int | None = None  # sp->wp_all_gen (v2 only)
+
+
+@dataclass(frozen=True, slots=True)
+class WpAll:
+    """The VM's write-protect-all indicator (`kvm->arch.mmu_wp_all_indicator`) and the kernel's PAGE_OFFSET."""
+
+    indicator: int
+    page_offset: int
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.indicator & WP_ALL_ENABLE)
+
+    @property
+    def gen(self) -> int:
+        return self.indicator & ~WP_ALL_ENABLE
 
 
 @dataclass(slots=True)
@@ -96,10 +115,11 @@ class Snapshot:
     truncated: bool
     complete: bool
     source: str = ""
+    wp_all: WpAll | None = None  # v2 only
 
 
 class DumpFormatError(ValueError):
-    """The dump does not follow FORMAT.md v1; names the file and the line so the kernel side can be fixed."""
+    """The dump does not follow FORMAT.md (v1 or v2); names the file and the line so the kernel side can be fixed."""
 
     def __init__(self, source: str, line_no: int, line: str, reason: str) -> None:
         self.source = source
@@ -120,8 +140,9 @@ _MASKS_RE = re.compile(
 _TDP_RE = re.compile(r"tdp_mmu_pages (\d+)")
 _PAGE_RE = re.compile(
     rf"page spt={_HEX} gfn={_HEX} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+) invalid=([01]) unsync=([01])"
-    r" count=(-?\d+) bitmap=((?:[0-9a-fA-F]{16},){7}[0-9a-fA-F]{16})"
+    rf" count=(-?\d+)(?: wp_gen={_HEX})? bitmap=((?:[0-9a-fA-F]{{16}},){{7}}[0-9a-fA-F]{{16}})"
 )
+_WP_ALL_RE = re.compile(rf"wp_all indicator={_HEX} page_offset={_HEX}")
 _SPTE_RE = re.compile(r"spte (\d{1,3}) " + _HEX)
 _END_RE = re.compile(r"end pages=(\d+) sptes=(\d+) truncated=([01])")
 
@@ -172,9 +193,20 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
 
     if not lines:
         raise DumpFormatError(source, 1, "", "empty dump")
-    if lines[0] != HEADER:
-        raise fail(0, f"first line must be {HEADER!r}")
+    if lines[0] not in (HEADER, HEADER_V2):
+        raise fail(0, f"first line must be {HEADER!r} or {HEADER_V2!r}")
+    v2 = lines[0] == HEADER_V2
     vm, seq, masks, tdp_mmu_pages = _parse_header(lines, fail, source)
+    first = _HEADER_LINES
+    wp_all = None
+    if v2:
+        if first >= len(lines):
+            raise DumpFormatError(source, first + 1, "", "dump ends before the wp_all line")
+        mw = _WP_ALL_RE.fullmatch(lines[first])
+        if mw is None:
+            raise fail(first, "expected the wp_all line")
+        wp_all = WpAll(int(mw[1], 16), int(mw[2], 16))
+        first += 1
 
     pages: list[ShadowPage] = []
     page: ShadowPage | None = None
@@ -185,7 +217,7 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
     complete = False
     spte_match = _SPTE_RE.fullmatch
     n = len(lines)
-    for i in range(_HEADER_LINES, n):
+    for i in range(first, n):
         line = lines[i]
         if line.startswith("spte "):
             m = spte_match(line)
@@ -203,15 +235,16 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
             n_sptes += 1
         elif line.startswith("page "):
             m = _PAGE_RE.fullmatch(line)
-            if m is None:
-                raise fail(i, "malformed page line")
+            if m is None or (m[8] is None) == v2:
+                raise fail(i, "malformed page line" + (" (v2: wp_gen required)" if v2 else ""))
             level = int(m[4])
             sptes = {}
             last_idx = -1
             page = ShadowPage(
                 spt=int(m[1], 16), gfn=int(m[2], 16), role=int(m[3], 16), level=level,
                 invalid=m[5] == "1", unsync=m[6] == "1", count=int(m[7]),
-                bitmap=_bitmap_from_words(m[8]), sptes=sptes, line_no=i + 1,
+                bitmap=_bitmap_from_words(m[9]), sptes=sptes, line_no=i + 1,
+                wp_gen=None if m[8] is None else int(m[8], 16),
             )
             pages.append(page)
         elif line.startswith("end "):
@@ -227,4 +260,4 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
         else:
             raise fail(i, "unknown record (expected page, spte or end)")
     return Snapshot(vm=vm, seq=seq, masks=masks, tdp_mmu_pages=tdp_mmu_pages, pages=pages,
-                    truncated=truncated, complete=complete, source=source)
+                    truncated=truncated, complete=complete, source=source, wp_all=wp_all)

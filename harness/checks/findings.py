@@ -12,10 +12,11 @@ from harness.results import Status
 
 MAX_ERRORS_SHOWN = 5  # capture faults named in the reason (all are counted)
 # What a verdict says it examined (Verdict.counts): the one list of its keys.
-# Write-protect-all, counted from its trace events (FORMAT.md), not replayed: TraceStats' fields of these names.
+# Write-protect-all's trace events (FORMAT.md), as TraceStats counts them under these names.
 WP_COUNT_KEYS = ("wp_all_enables", "wp_all_disables", "wp_loads")
 COUNT_KEYS = ("snapshots", "vms", "pages", "sptes", "events", "pages_replayed", "snapshot_comparisons",
-              "inconsistencies", "capture_faults", "lost_events", *WP_COUNT_KEYS)
+              "inconsistencies", "capture_faults", "lost_events", *WP_COUNT_KEYS,
+              "wp_checks")  # write-protect-all invariants checked: loads replayed, writable links judged
 
 
 def new_counts(**given: int) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Streaming parser of the `kvmmmu:kvm_mmu_pw_*` trace events (FORMAT.md v1).
+"""Streaming parser of the `kvmmmu:kvm_mmu_pw_*` and `kvm_mmu_wp_*` trace events (FORMAT.md).
 
 A trace of a real run is large (millions of lines), so this reads line by line and yields one small value
 per event; every other line (ftrace header comments, other events) is skipped without a regex. A line that
@@ -49,6 +49,37 @@ class PageEvent:
     line_no: int
 
 
+@dataclass(slots=True)
+class WpAllEvent:
+    """kvm_mmu_write_protect_all_pages() set the VM's indicator: enabled or not, and its generation."""
+
+    seq: int
+    vm: int
+    enable: bool
+    gen: int
+    line_no: int
+
+
+@dataclass(slots=True)
+class WpLoadEvent:
+    """mmu_load_shadow_page() is about to write-protect a page older than the generation (`old_gen` < `gen`);
+    `count` is the page's counter then. The non-leaf sptes it makes read-only are the events that follow."""
+
+    seq: int
+    vm: int
+    spt: int
+    gfn: int
+    role: int
+    level: int
+    old_gen: int
+    gen: int
+    count: int
+    line_no: int
+
+
+AnyEvent = SpteEvent | PageEvent | WpAllEvent | WpLoadEvent
+
+
 class TraceFormatError(ValueError):
     """A kvm_mmu_pw_* line that does not follow FORMAT.md; names the line."""
 
@@ -70,7 +101,7 @@ class TraceStats:
     lost_events: int = 0  # sum of N over `CPU:c [LOST N EVENTS]`
     lost_markers: int = 0
     overrun_markers: int = 0  # `##### CPU c buffer started ####`: that CPU's oldest events were overwritten
-    # write-protect-all (FORMAT.md, counted, not replayed): kvm_mmu_wp_all enable=1 / enable=0, kvm_mmu_wp_load
+    # write-protect-all (FORMAT.md): kvm_mmu_wp_all enable=1 / enable=0, kvm_mmu_wp_load
     wp_all_enables: int = 0
     wp_all_disables: int = 0
     wp_loads: int = 0
@@ -88,9 +119,9 @@ _PAGE_RE = re.compile(
     rf"kvm_mmu_pw_page:\s+seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
     r" op=(alloc|free) count=(-?\d+)\s*\Z"
 )
-_WP_ALL_RE = re.compile(rf"kvm_mmu_wp_all:\s+vm={_H} enable=([01]) gen={_H}\s*\Z")
+_WP_ALL_RE = re.compile(rf"kvm_mmu_wp_all:\s+seq={_H} vm={_H} enable=([01]) gen={_H}\s*\Z")
 _WP_LOAD_RE = re.compile(
-    rf"kvm_mmu_wp_load:\s+vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
+    rf"kvm_mmu_wp_load:\s+seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
     rf" old_gen={_H} gen={_H} count=(\d+)\s*\Z"
 )
 _WP_MARK = "kvm_mmu_wp_"
@@ -106,22 +137,33 @@ class _HexCache(dict[str, int]):
         return value
 
 
-def _marker(line: str, stats: TraceStats, line_no: int = 0, source: str = "") -> None:
-    """Count ftrace's loss annotations and the write-protect-all events (only called for lines that are
-    not pw events); a malformed kvm_mmu_wp_* event raises TraceFormatError."""
-    p = line.find(_WP_MARK)
-    if p >= 0 and not line.startswith("#"):
+def _wp_event(line: str, p: int, stats: TraceStats, line_no: int,
+              source: str) -> WpAllEvent | WpLoadEvent | None:
+    """The write-protect-all event at `p` (a mention of kvm_mmu_wp_), counted in `stats`; None for a mere
+    mention of the name; a malformed event raises TraceFormatError."""
+    while p >= 0:
         m = _WP_ALL_RE.match(line, p)
         if m is not None:
-            if m[2] == "1":
+            enable = m[3] == "1"
+            if enable:
                 stats.wp_all_enables += 1
             else:
                 stats.wp_all_disables += 1
-        elif _WP_LOAD_RE.match(line, p):
+            return WpAllEvent(int(m[1], 16), int(m[2], 16), enable, int(m[4], 16), line_no)
+        m = _WP_LOAD_RE.match(line, p)
+        if m is not None:
             stats.wp_loads += 1
-        elif line.startswith(("kvm_mmu_wp_all:", "kvm_mmu_wp_load:"), p):
+            seq, vm, spt, gfn, role, level, old_gen, gen, count = m.groups()
+            return WpLoadEvent(int(seq, 16), int(vm, 16), int(spt, 16), int(gfn, 16), int(role, 16), int(level),
+                               int(old_gen, 16), int(gen, 16), int(count), line_no)
+        if line.startswith(("kvm_mmu_wp_all:", "kvm_mmu_wp_load:"), p):
             raise TraceFormatError(line_no, line.rstrip("\n"), "malformed kvm_mmu_wp event", source)
-        return
+        p = line.find(_WP_MARK, p + 1)
+    return None
+
+
+def _marker(line: str, stats: TraceStats) -> None:
+    """Count ftrace's loss annotations (only called for lines that are not events)."""
     if "LOST" in line:
         m = _LOST_RE.search(line)
         if m:
@@ -132,8 +174,8 @@ def _marker(line: str, stats: TraceStats, line_no: int = 0, source: str = "") ->
 
 
 def parse_trace(lines: Iterable[str], *, stats: TraceStats | None = None,
-                source: str = "") -> Iterator[SpteEvent | PageEvent]:
-    """Yield the pw events of a trace (`trace`, `trace_pipe` or `trace-cmd report` text), in file order.
+                source: str = "") -> Iterator[AnyEvent]:
+    """Yield the pw and wp events of a trace (`trace`, `trace_pipe` or `trace-cmd report` text), in file order.
 
     File order is not seq order (ftrace merges per-CPU buffers by timestamp); the checker sorts.
     Pass `stats` to also count ftrace's LOST markers in the same pass.
@@ -148,8 +190,17 @@ def parse_trace(lines: Iterable[str], *, stats: TraceStats | None = None,
     for line_no, line in enumerate(lines, 1):  # noqa: B007 - line_no is kept for st.lines
         p = line.find(_MARK)
         if p < 0 or line.startswith("#"):
-            if stats is not None:
-                _marker(line, st, line_no, source)
+            if line.startswith("#"):
+                if stats is not None:
+                    _marker(line, st)
+                continue
+            q = line.find(_WP_MARK)
+            wp = _wp_event(line, q, st, line_no, source) if q >= 0 else None
+            if wp is not None:
+                st.events += 1
+                yield wp
+            elif stats is not None:
+                _marker(line, st)
             continue
         while p >= 0:  # almost always one pass: the first mention is the event name
             m = spte_match(line, p)
@@ -175,15 +226,20 @@ def parse_trace(lines: Iterable[str], *, stats: TraceStats | None = None,
             p = line.find(_MARK, p + 1)
         else:
             if stats is not None:
-                _marker(line, st, line_no, source)
+                _marker(line, st)
     st.lines = line_no
 
 
-def format_event(ev: SpteEvent | PageEvent) -> str:
+def format_event(ev: AnyEvent) -> str:
     """The event as its trace line body (after the ftrace prefix), exactly as FORMAT.md prints it."""
     if isinstance(ev, SpteEvent):
         return (f"kvm_mmu_pw_spte: seq={ev.seq:#x} vm={ev.vm:#x} spt={ev.spt:#x} gfn={ev.gfn:#x}"
                 f" role={ev.role:#x} level={ev.level} idx={ev.idx} old={ev.old:#x} new={ev.new:#x}"
                 f" count={ev.count}")
-    return (f"kvm_mmu_pw_page: seq={ev.seq:#x} vm={ev.vm:#x} spt={ev.spt:#x} gfn={ev.gfn:#x}"
-            f" role={ev.role:#x} level={ev.level} op={ev.op} count={ev.count}")
+    if isinstance(ev, PageEvent):
+        return (f"kvm_mmu_pw_page: seq={ev.seq:#x} vm={ev.vm:#x} spt={ev.spt:#x} gfn={ev.gfn:#x}"
+                f" role={ev.role:#x} level={ev.level} op={ev.op} count={ev.count}")
+    if isinstance(ev, WpAllEvent):
+        return f"kvm_mmu_wp_all: seq={ev.seq:#x} vm={ev.vm:#x} enable={int(ev.enable)} gen={ev.gen:#x}"
+    return (f"kvm_mmu_wp_load: seq={ev.seq:#x} vm={ev.vm:#x} spt={ev.spt:#x} gfn={ev.gfn:#x} role={ev.role:#x}"
+            f" level={ev.level} old_gen={ev.old_gen:#x} gen={ev.gen:#x} count={ev.count}")

@@ -1,0 +1,143 @@
+"""Write-protect-all's invariants (harness/checks/README.md, "Write-protect-all"): the replay of its trace
+events and the check of a v2 dump, on small hand-made captures in the shapes of FORMAT.md v2.
+
+The scenario: a root R (level 4) links child C (level 3), which maps a 1G page. Write-protect-all is
+enabled, R is loaded (its writable link to C becomes read-only), then a write loads C and makes the link
+writable again. Each mutation of that story is one bug of the port's kind.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+from harness.checks.consistency import Verdict, check, check_snapshot
+from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
+from harness.checks.synth import DEFAULT_MASKS as M
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent
+
+VM = 0xFFFF888004A3C000
+PAGE_OFFSET = 0xFFFF888000000000
+PA_R, PA_C = 0x6E2D000, 0x6E2E000
+R, C = PAGE_OFFSET + PA_R, PAGE_OFFSET + PA_C
+NP = 1 << 63
+LINK_W = PA_C | 0x800 | 0x27  # present, writable, user, accessed: a writable non-leaf spte to C
+LINK_RO = PA_C | 0x800 | 0x25  # the same, write-protected by a load
+HUGE_WP = 0x40000000 | 0x800 | 0x400 | 0xA5  # a 1G leaf (PS), MMU-writable, W clear: possibly writable
+ON = 1 << 63
+
+
+def ev(kind: str, *a: int) -> AnyEvent:
+    """One event with seq 0 (renumbered by `story`)."""
+    if kind == "alloc":
+        spt, level = a
+        return PageEvent(0, VM, spt, 0, 0x1700 | level, level, "alloc", 0, 0)
+    if kind == "spte":
+        spt, level, idx, old, new, count = a
+        return SpteEvent(0, VM, spt, 0, 0x1700 | level, level, idx, old, new, count, 0)
+    if kind == "all":
+        enable, gen = a
+        return WpAllEvent(0, VM, bool(enable), gen, 0)
+    spt, level, old_gen, gen, count = a
+    return WpLoadEvent(0, VM, spt, 0, 0x1700 | level, level, old_gen, gen, count, 0)
+
+
+def story(*drop: int, **change: AnyEvent) -> list[AnyEvent]:
+    """The correct sequence, with the events at the given positions dropped or changed; seq 1, 2, ..."""
+    evs: list[AnyEvent] = [
+        ev("alloc", R, 4),                          # 0
+        ev("alloc", C, 3),                          # 1
+        ev("spte", R, 4, 0, NP, LINK_W, 1),         # 2: R links C, writable
+        ev("spte", C, 3, 7, NP, HUGE_WP, 1),        # 3: C maps a 1G page
+        ev("all", 1, 1),                            # 4: enable, generation 1
+        ev("load", R, 4, 0, 1, 1),                  # 5: the root is loaded ...
+        ev("spte", R, 4, 0, LINK_W, LINK_RO, 0),    # 6: ... its link becomes read-only
+        ev("load", C, 3, 0, 1, 1),                  # 7: a write below: C is loaded (its leaf keeps MMU-writable)
+        ev("spte", R, 4, 0, LINK_RO, LINK_W, 1),    # 8: then the link is writable again
+    ]
+    for k, e in change.items():
+        evs[int(k.lstrip("_"))] = e
+    out = [e for i, e in enumerate(evs) if i not in drop]
+    return [replace(e, seq=i, line_no=100 + i) for i, e in enumerate(out, 1)]
+
+
+def dump(seq: int, r_gen: int, c_gen: int, link: int = LINK_W, indicator: int = ON | 1) -> Snapshot:
+    pages = [ShadowPage(R, 0, 0x1704, 4, False, False, 1 if M.possibly_writable(link) else 0,
+                        1 if M.possibly_writable(link) else 0, {0: link}, 10, r_gen),
+             ShadowPage(C, 0, 0x1703, 3, False, False, 1, 1 << 7, {7: HUGE_WP}, 12, c_gen)]
+    return Snapshot(VM, seq, M, 0, pages, False, True, f"dump@{seq}", WpAll(indicator, PAGE_OFFSET))
+
+
+EMPTY = Snapshot(VM, 0, M, 0, [], False, True, "dump@0", WpAll(0, PAGE_OFFSET))
+
+
+def kinds(v: Verdict) -> Counter[str]:
+    return Counter(i.kind for i in v.inconsistencies)
+
+
+def test_the_correct_story_passes_and_counts_its_checks() -> None:
+    v = check([EMPTY, dump(9, 1, 1)], story())
+    assert v.status == "PASS", v
+    # two loads replayed, the writable link of event 8 judged, and the same link in the dump
+    assert v.counts["wp_checks"] == 4
+
+
+def test_a_load_that_leaves_a_link_writable_fails_naming_the_spte() -> None:
+    v = check([EMPTY], story(6, _8=ev("spte", R, 4, 0, LINK_RO, LINK_W, 1)))  # the load cleared nothing
+    assert kinds(v)["wp_load_left_writable"] == 1, v
+    inc = next(i for i in v.inconsistencies if i.kind == "wp_load_left_writable")
+    assert (inc.spt, inc.idx, inc.level, inc.seq) == (R, 0, 4, 6)
+    assert "seq 0x7" in inc.detail  # the event that came instead
+    assert any("kvm_mmu_wp_load" in e for e in inc.recent_events)
+
+
+def test_a_writable_link_to_a_child_not_loaded_fails() -> None:
+    v = check([EMPTY], story(7))  # C is never loaded before the link becomes writable
+    assert kinds(v) == {"wp_stale_child_writable": 1}, v
+    inc = v.inconsistencies[0]
+    assert (inc.spt, inc.idx, inc.expected, inc.actual) == (R, 0, "child at generation 0x1", "child at 0x0")
+    assert "gfn=0x0 level 3" in inc.detail and "1 possibly-writable" in inc.detail
+
+
+def test_the_same_link_in_a_dump_fails() -> None:
+    incs = check_snapshot(dump(9, 1, 0))
+    assert [(i.kind, i.spt, i.idx) for i in incs] == [("wp_snapshot_stale_child_writable", R, 0)]
+    assert f"spt={C:#x}" in incs[0].detail
+    # read-only link, a page not at the current generation, or write-protect-all disabled: nothing to judge
+    assert check_snapshot(dump(9, 1, 0, link=LINK_RO)) == []
+    assert check_snapshot(dump(9, 0, 0)) == []
+    assert check_snapshot(dump(9, 1, 0, indicator=1)) == []
+
+
+def test_a_load_against_the_wrong_generation_or_count_fails() -> None:
+    v = check([EMPTY], story(_5=ev("load", R, 4, 0, 2, 1)))  # gen 2, but the indicator holds 1
+    assert kinds(v)["wp_load_generation"] == 1, v
+    v = check([EMPTY], story(4, _5=ev("load", R, 4, 0, 0, 1)))  # loaded while never enabled
+    assert kinds(v)["wp_load_generation"] >= 1, v
+    v = check([EMPTY], story(_5=ev("load", R, 4, 0, 1, 0)))  # walks by a counter the replay does not hold
+    assert kinds(v)["wp_load_count_mismatch"] == 1, v
+
+
+def test_wp_events_are_part_of_the_sequence() -> None:
+    evs = story()
+    del evs[4]  # the enable's seq is missing: events were lost
+    v = check([EMPTY], evs)
+    assert v.status == "ERROR" and "seq 0x5..0x5 missing" in v.reason
+
+
+def test_a_v2_dump_round_trips() -> None:
+    text = "\n".join([
+        "kvm-pw-sptes v2", f"vm {VM:#x}", "seq 0x9",
+        "masks present=0x800 writable=0x2 mmu_writable=0x400 nonpresent=0x8000000000000000",
+        "tdp_mmu_pages 0", f"wp_all indicator={ON | 1:#x} page_offset={PAGE_OFFSET:#x}",
+        f"page spt={R:#x} gfn=0x0 role=0x1704 level=4 invalid=0 unsync=0 count=1 wp_gen=0x1 bitmap="
+        + ",".join(["0000000000000001"] + ["0" * 16] * 7),
+        f"spte 0 {LINK_W:#018x}",
+        f"page spt={C:#x} gfn=0x0 role=0x1703 level=3 invalid=0 unsync=0 count=1 wp_gen=0x0 bitmap="
+        + ",".join(["0000000000000080"] + ["0" * 16] * 7),
+        f"spte 7 {HUGE_WP:#018x}",
+        "end pages=2 sptes=2 truncated=0", ""])
+    s = parse_dump(text, "v2")
+    assert s.wp_all is not None and s.wp_all.enabled and s.wp_all.gen == 1
+    assert [p.wp_gen for p in s.pages] == [1, 0]
+    assert [i.kind for i in check_snapshot(s)] == ["wp_snapshot_stale_child_writable"]
