@@ -8,11 +8,15 @@ writable again. Each mutation of that story is one bug of the port's kind.
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from harness.checks.consistency import Verdict, check, check_snapshot
 from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
+from harness.checks.files import check_files, trace_dat_lines
 from harness.checks.synth import DEFAULT_MASKS as M
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent
 
@@ -141,3 +145,62 @@ def test_a_v2_dump_round_trips() -> None:
     assert s.wp_all is not None and s.wp_all.enabled and s.wp_all.gen == 1
     assert [p.wp_gen for p in s.pages] == [1, 0]
     assert [i.kind for i in check_snapshot(s)] == ["wp_snapshot_stale_child_writable"]
+
+
+# -- a real capture: shadow paging, dirty_log_enable_test -c 2 -m 64 -v 2 (kvm.shadow.dirty_log_enable_test of
+# `make boot-test`, 2026-11-30): the guest's trace.dat and its three dumps (the last one taken while
+# write-protect-all was enabled at generation 2)
+
+REAL = Path(__file__).parent / "data" / "real" / "shadow-enable-test"
+DUMPS = sorted(REAL.glob("pw_sptes.*.txt.gz"))
+
+
+def test_the_real_capture_passes_on_write_protect_all_evidence() -> None:
+    v = check_files(DUMPS, REAL / "trace.dat")
+    assert v.status == "PASS", v
+    c = v.counts
+    assert (c["wp_all_enables"], c["wp_all_disables"], c["wp_loads"]) == (2, 2, 76)
+    assert c["wp_checks"] == 187 and c["events"] == 33156  # == the ring buffer's entries (ring-stats.txt)
+
+
+def _real_trace_text(tmp_path: Path, edit: Callable[[list[str]], None]) -> Path:
+    with trace_dat_lines(REAL / "trace.dat") as f:
+        lines = list(f)
+    edit(lines)
+    out = tmp_path / "trace.txt"
+    out.write_text("".join(lines))
+    return out
+
+
+def test_a_load_against_another_generation_in_the_real_trace_fails(tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> None:
+        i = next(i for i, line in enumerate(lines) if "kvm_mmu_wp_load:" in line)
+        lines[i] = lines[i].replace(" gen=0x1 ", " gen=0x3 ")
+    v = check_files(DUMPS, _real_trace_text(tmp_path, edit))
+    assert v.status == "FAIL" and kinds(v)["wp_load_generation"] >= 1, v
+    first = next(i for i in v.inconsistencies if i.kind == "wp_load_generation")
+    assert (first.seq, first.level, first.actual) == (0x155626, 4, "enabled, gen 0x3, page at 0x0")
+
+
+def test_a_stale_child_below_a_writable_link_in_the_real_dump_fails(tmp_path: Path) -> None:
+    text = gzip.decompress(DUMPS[-1].read_bytes()).decode()
+    snap = parse_dump(text)
+    assert snap.wp_all is not None and snap.wp_all.enabled and snap.wp_all.gen == 2
+    # a writable non-leaf spte of a page at generation 2: its child must be at generation 2 too
+    by_pa = {p.spt - snap.wp_all.page_offset: p for p in snap.pages}
+    child = next(by_pa[v & 0xFFFFFFFFFF000] for p in snap.pages if p.level > 1 and p.wp_gen == 2
+                 for v in p.sptes.values() if v & 0x802 == 0x802 and not v & 0x80 and v & 0xFFFFFFFFFF000 in by_pa)
+    stale = tmp_path / "pw_sptes.3.txt"
+    stale.write_text("\n".join(line.replace("wp_gen=0x2", "wp_gen=0x1") if line.startswith(f"page spt={child.spt:#x} ")
+                               else line for line in text.split("\n")))
+    v = check_files([*DUMPS[:-1], stale], REAL / "trace.dat")
+    assert v.status == "FAIL", v
+    assert kinds(v)["wp_snapshot_stale_child_writable"] >= 1 and kinds(v)["snapshot_wp_gen_mismatch"] == 1, v
+
+
+def test_tdp_mmu_mode_with_only_a_disable_is_still_out_of_scope() -> None:
+    # kvm.tdp_mmu.*: kvm_mmu_write_protect_all_pages(kvm, false) runs when logging stops, nothing else
+    tdp = Snapshot(VM, 4, M, 40, [], False, True, "dump@4", WpAll(1, PAGE_OFFSET))
+    v = check([tdp], [WpAllEvent(3, VM, False, 0, 1), WpAllEvent(4, VM, False, 0, 2)])
+    assert v.status == "SKIP" and "only TDP MMU pages" in v.reason, v
+    assert check([replace(tdp, tdp_mmu_pages=0)], [WpAllEvent(3, VM, False, 0, 1)]).status == "ERROR"

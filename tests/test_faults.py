@@ -393,7 +393,12 @@ def test_sigint_to_the_cli_kills_children_and_exits_130(tmp_path):
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 130 and "interrupted by SIGINT" in out
-    assert _gone(child), "the child of the interrupted command was left running"
+    # SIGKILL is delivered asynchronously: on a loaded machine the child may take a moment to die
+    for _ in range(200):
+        if _gone(child):
+            break
+        time.sleep(0.05)
+    assert _gone(child), "the child of the interrupted command was left running (10 s after the exit)"
 
 
 def test_publishing_leaves_nothing_when_interrupted(tmp_path):

@@ -236,9 +236,10 @@ def check(snapshots: list[Snapshot], events: Iterable[AnyEvent], *, lost_events:
         return Verdict(ERROR, f"{faults}; {examined}", counts, [])
     if not snapshots:
         return Verdict(ERROR, f"no dump: zero evidence is not a pass; {examined}", counts, [])
-    if counts["pages"] == 0 and counts["events"] == 0:
+    # write-protect-all's enable/disable events alone (TDP MMU mode calls the disable too) are no evidence
+    if counts["pages"] == 0 and not any(e.__class__ is SpteEvent or e.__class__ is PageEvent for e in evs):
         if any(s.tdp_mmu_pages > 0 for s in snapshots):
             return Verdict(SKIP, f"only TDP MMU pages (out of scope); {examined}", counts, [])
-        return Verdict(ERROR, f"no shadow page and no trace event: zero evidence is not a pass; {examined}",
+        return Verdict(ERROR, f"no shadow page and no pw trace event: zero evidence is not a pass; {examined}",
                        counts, [])
     return Verdict(PASS, f"no inconsistency; {examined}", counts, [])

@@ -302,6 +302,10 @@ class Replay:
                         f.keep(page_inconsistency("snapshot_bitmap_mismatch", snap.vm, p, i, pg.bitmap >> i & 1,
                                          p.bitmap >> i & 1, "The dump's bit differs from the replayed trace"
                                          " (expected = replay, actual = dump).", snap.seq, where))
+            if p.wp_gen is not None and p.wp_gen != pg.gen and f.report("snapshot_wp_gen_mismatch"):
+                f.keep(page_inconsistency("snapshot_wp_gen_mismatch", snap.vm, p, None, pg.gen, p.wp_gen,
+                                          "The dump's page generation differs from the replayed one (its alloc"
+                                          " and loads).", snap.seq, where))
             if p.count != pg.count + pg.drift and f.report("snapshot_count_mismatch"):
                 f.keep(page_inconsistency("snapshot_count_mismatch", snap.vm, p, None, pg.count + pg.drift, p.count,
                                  f"The dump's counter differs from the counter of the last traced event"
