@@ -1,5 +1,9 @@
 """Benchmark of the pw-bitmap checker on a synthetic capture: `python -m harness.bench [--events N] [--pages N]`.
 
+The end-to-end figure is the one a run pays: from a trace.dat as the guest writes it (version 7, zstd:
+the synthetic events are written as version 6 by synth_dat and made version 7 by `trace-cmd convert`)
+to the verdict, through check_files: `trace-cmd convert` back to version 6, the binary decode, the replay.
+
 Why: a real run traces millions of spte changes and dumps thousands of pages; the check must stay a small
 part of a run. Each stage is timed separately (trace parse, replay, dump parse + self-check, the whole
 check_files) so a slow figure points at its stage. The data come from harness.checks.synth with a fixed
@@ -12,6 +16,7 @@ import argparse
 import gc
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,9 +26,10 @@ from typing import TypeVar
 
 from harness.checks.consistency import check, check_snapshot
 from harness.checks.debugfs import parse_dump
-from harness.checks.files import check_files, gc_paused
+from harness.checks.files import check_files, gc_paused, trace_dat_events
 from harness.checks.synth import SynthCapture, generate
-from harness.checks.trace import AnyEvent, parse_trace
+from harness.checks.synth_dat import write_trace_dat
+from harness.checks.trace import AnyEvent, TraceStats, parse_trace
 from harness.results import PASS
 
 T = TypeVar("T")
@@ -70,11 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     # 3. one big dump: parse, then self-check
     big, t_dump_parse = _timed(lambda: parse_dump(big_text, "big"))
     incs, t_dump_check = _timed(lambda: check_snapshot(big))
-    # 4. all of it from the files, as the pipeline calls it
-    del events
-    verdict, t_all = _timed(lambda: check_files(dump_paths, trace_path))
+    # 4. all of it from the files, as the pipeline calls it: the text trace, then the guest's trace.dat
+    dat_path = tmp / "trace.dat"
+    _write_guest_trace_dat(events, dat_path)
+    del events, parsed
+    verdict_text, t_all_text = _timed(lambda: check_files(dump_paths, trace_path))
+    dat_events, t_decode = _timed(lambda: trace_dat_events(dat_path, TraceStats()))
+    del dat_events
+    verdict, t_all = _timed(lambda: check_files(dump_paths, dat_path))
 
-    ok = verdict.status == PASS and verdict_replay.status == PASS and not incs
+    ok = verdict.status == PASS and verdict_text.status == PASS and verdict_replay.status == PASS and not incs
     n_ev = cap.events
     n_lines = cap.trace_lines
     rows = [
@@ -87,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
          f"{cap.big_vm_pages / t_dump_check:,.0f} pages/s, {cap.big_vm_sptes / t_dump_check:,.0f} sptes/s"),
         ("dump parse + check (big VM)", t_dump_parse + t_dump_check,
          f"{cap.big_vm_pages / (t_dump_parse + t_dump_check):,.0f} pages/s"),
-        ("check_files (everything)", t_all, f"{n_ev / t_all:,.0f} events/s end to end"),
+        ("check_files, text trace", t_all_text, f"{n_ev / t_all_text:,.0f} events/s"),
+        ("trace.dat: convert v7->v6 + decode", t_decode, f"{n_ev / t_decode:,.0f} events/s"),
+        ("check_files, trace.dat (end to end)", t_all, f"{n_ev / t_all:,.0f} events/s end to end"),
     ]
     print(f"machine: nproc {len(os.sched_getaffinity(0))} ({os.cpu_count()} CPUs), {_cpu_model()},"
           f" Python {platform.python_version()} ({platform.python_implementation()})")
@@ -103,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep:
         print(f"files kept in {tmp}")
     else:
-        for p in [*dump_paths, trace_path]:
+        for p in [*dump_paths, trace_path, dat_path]:
             p.unlink()
         tmp.rmdir()
     if not ok:
@@ -121,6 +134,15 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def _write_guest_trace_dat(events: list[AnyEvent], path: Path) -> None:
+    """The events as the guest's `trace-cmd extract` writes them: trace.dat version 7, zstd-compressed."""
+    v6 = path.with_suffix(".v6.dat")
+    v6.write_bytes(write_trace_dat(events))
+    subprocess.run(["trace-cmd", "convert", "--file-version", "7", "--compression", "zstd", "-i", str(v6),
+                    "-o", str(path)], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    v6.unlink()
 
 
 def _generate(path: Path, args: argparse.Namespace) -> SynthCapture:

@@ -1,5 +1,5 @@
-"""The checker's only contact with the disk: captured files opened (gzip, xz, trace.dat through
-`trace-cmd report`) and handed as text to the pure parsers and `consistency.check`."""
+"""The checker's only contact with the disk: captured files opened (gzip, xz; a trace.dat made version 6 by
+`trace-cmd convert`, or its text by `trace-cmd report`) and handed to the pure parsers and `consistency.check`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from harness import proc
 from harness.checks.consistency import check
 from harness.checks.debugfs import DumpFormatError, Snapshot, parse_dump
 from harness.checks.findings import WP_COUNT_KEYS, Verdict, new_counts
-from harness.checks.trace import TraceFormatError, TraceStats, parse_trace
+from harness.checks.trace import AnyEvent, TraceFormatError, TraceStats, parse_trace
+from harness.checks.tracedat import decode
 from harness.results import ERROR
 
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
@@ -31,7 +32,8 @@ def is_trace_dat(path: Path) -> bool:
 
 @contextlib.contextmanager
 def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
-    """The text of a trace.dat (what `trace-cmd extract` wrote in the guest), by `trace-cmd report`.
+    """The text of a trace.dat (what `trace-cmd extract` wrote in the guest), by `trace-cmd report`: the
+    reference reading (what a person runs), against which the tests check the binary decoder.
 
     Plugins off (-N): the events print exactly by their own format, whatever the host has installed.
     A report that fails (truncated or corrupt file) raises OSError naming the file and trace-cmd's words,
@@ -58,6 +60,42 @@ def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
             err.seek(0)
             words = " ".join(err.read().split())[-300:]
             raise OSError(f"trace-cmd report -i {path} failed (exit {rc}): {words}")
+
+
+def _trace_cmd(args: list[str], path: Path) -> None:
+    """Run trace-cmd on `path` in its own process group (an interrupted run kills it with the rest);
+    raises OSError naming the file and trace-cmd's words if it fails or is not installed."""
+    exe = shutil.which("trace-cmd")
+    if exe is None:
+        raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        proc.register_group(p.pid)
+        try:
+            rc = p.wait()
+        finally:
+            proc.unregister_group(p.pid)
+        if rc != 0:
+            err.seek(0)
+            words = " ".join(err.read().split())[-300:]
+            raise OSError(f"trace-cmd {args[0]} -i {path} failed (exit {rc}): {words}")
+
+
+def trace_dat_events(path: Path, stats: TraceStats) -> list[AnyEvent]:
+    """The events of a trace.dat, decoded from its binary records (`tracedat.decode`): a version-7 file
+    (what the guest's trace-cmd writes, zstd) is first made version 6 without compression by
+    `trace-cmd convert`, into a temporary file. A file trace-cmd cannot read whole (truncated, corrupt)
+    raises OSError naming it; one that decodes badly raises TraceFormatError."""
+    with open(path, "rb") as f:
+        head = f.read(len(TRACE_DAT_MAGIC) + 2)
+    if head[len(TRACE_DAT_MAGIC):] == b"6\0":
+        return decode(Path(path).read_bytes(), stats)
+    with tempfile.TemporaryDirectory(prefix="kvm-harness-trace-") as tmp:
+        v6 = Path(tmp) / "trace.v6.dat"
+        _trace_cmd(["convert", "--file-version", "6", "--compression", "none", "-i", str(path), "-o", str(v6)],
+                   path)
+        return decode(v6.read_bytes(), stats)
 
 
 def open_text(path: Path) -> IO[str]:
@@ -100,9 +138,11 @@ def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict
         if trace_path is None:
             return check(snapshots, [])
         stats = TraceStats()
-        reader = trace_dat_lines if is_trace_dat(Path(trace_path)) else open_text
-        with reader(Path(trace_path)) as f:
-            events = list(parse_trace(f, stats=stats, source=str(trace_path)))
+        if is_trace_dat(Path(trace_path)):
+            events = trace_dat_events(Path(trace_path), stats)
+        else:
+            with open_text(Path(trace_path)) as f:
+                events = list(parse_trace(f, stats=stats, source=str(trace_path)))
         wp = {k: getattr(stats, k) for k in WP_COUNT_KEYS}
         return check(snapshots, events, lost_events=stats.lost_events, require_trace=True, wp_counts=wp)
     except (DumpFormatError, TraceFormatError) as e:
