@@ -40,9 +40,9 @@ EVENTS: dict[str, tuple[int, int, list[tuple[str, str, int, int, int]]]] = {
 # exactly as of a real one, which the tests use to check this writer independently of the decoder.
 _H = "seq=0x%llx vm=0x%lx"
 PRINT_FMT = {
-    "kvm_mmu_pw_spte": f'"{_H} spt=0x%lx gfn=0x%llx role=0x%x level=%u idx=%d old=0x%llx new=0x%llx count=%u", REC->seq,'
-                       " REC->vm, REC->spt, REC->gfn, REC->role, REC->level, REC->idx, REC->old_spte, REC->new_spte,"
-                       " REC->count",
+    "kvm_mmu_pw_spte": f'"{_H} spt=0x%lx gfn=0x%llx role=0x%x level=%u idx=%d old=0x%llx new=0x%llx count=%u",'
+                       " REC->seq, REC->vm, REC->spt, REC->gfn, REC->role, REC->level, REC->idx, REC->old_spte,"
+                       " REC->new_spte, REC->count",
     "kvm_mmu_pw_page": f'"{_H} spt=0x%lx gfn=0x%llx role=0x%x level=%u op=%s count=%u", REC->seq, REC->vm, REC->spt,'
                        ' REC->gfn, REC->role, REC->level, REC->free ? "free" : "alloc", REC->count',
     "kvm_mmu_wp_all": f'"{_H} enable=%d gen=0x%llx", REC->seq, REC->vm, REC->enable, REC->gen',
