@@ -261,6 +261,7 @@ class Lanes:
                                              (safe if attempt == 1 else f"{safe}.attempt{attempt}"))
         try:
             obs.dmesg, _ = s.cut_dmesg(after=path)
+            obs.taint = (s.taint_before, s.taint)
         except GuestError as e:
             obs.dmesg_error = str(e)
             with open(self.out / f"dmesg-{s.tag}.txt", "a") as f:

@@ -24,6 +24,7 @@ from .request import RunOptions
 log = logging.getLogger("kvm-harness")
 
 PORT_ATTEMPTS = 3
+_TAINT_MARK = "### kvm-harness tainted "  # ends the log in cut_dmesg's output; the taint follows it
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Session:
     mode: MmuMode
     out: Path           # the run directory: console-<tag>.log, dmesg-<tag>.txt, ... go there
     ready_s: float      # QEMU start to SSH ready
+    taint: int = 0          # /proc/sys/kernel/tainted at the last cut_dmesg()
+    taint_before: int = 0   # ... and at the one before it
 
     @property
     def tag(self) -> str:
@@ -79,15 +82,21 @@ class Session:
 
     def cut_dmesg(self, after: str | None = None) -> tuple[str, list[health.Finding]]:
         """The kernel log since the last cut (`dmesg -c`), appended to dmesg-<tag>.txt under
-        `### after <after>` (None: the boot's, which starts the file), and its health findings."""
-        dmesg = self.guest.check("dmesg -c", 30)
+        `### after <after>` (None: the boot's, which starts the file), and its health findings. The kernel's
+        taint is read with it into `taint_before`/`taint` (health.taint_finding() compares them); a bug taint
+        gained with no report in the log is a finding too."""
+        out = self.guest.check(f"dmesg -c; echo '{_TAINT_MARK}'$(cat /proc/sys/kernel/tainted)", 30)
+        dmesg, _, taint = out.rpartition(_TAINT_MARK)
+        self.taint_before, self.taint = self.taint, int(taint.strip() or 0)
         name = f"dmesg-{self.tag}.txt"
         if after is None:
             (self.out / name).write_text(dmesg)
         else:
             with open(self.out / name, "a") as f:
                 f.write(f"### after {after}\n{dmesg}")
-        return dmesg, health.scan(dmesg, name)
+        findings = health.scan(dmesg, name)
+        gained = health.taint_finding(self.taint_before, self.taint, name)
+        return dmesg, findings or ([gained] if gained else [])
 
     def forensics(self, path: str, why: str) -> tuple[dict[str, object], str]:
         """What the guest and QEMU look like now, into forensics/<path>/: (summary, artifact dir

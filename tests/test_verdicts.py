@@ -136,6 +136,19 @@ def test_a_kernel_warning_fails_a_passing_workload_and_is_never_retried():
     assert "mmu_log_possible_writable_spte" in res.output
 
 
+def test_a_bug_taint_without_a_known_report_still_fails_the_workload():
+    # the kernel set W (512) during the test, but its log holds no report in a form the scanner knows
+    res = workload_verdict(_obs(0, "ok\n", dmesg="[ 9.1] a message in a spelling no scanner knows\n", taint=(0, 512)))
+    assert res.status == FAIL and res.failure == "health" and not worth_a_retry(res, 1)
+    assert res.reason == "kernel reported: taint: the kernel became tainted: W (kernel warning) (dmesg-shadow.txt)"
+    # a known report names itself; the taint it set adds nothing
+    both = workload_verdict(_obs(0, "ok\n", dmesg=WARN_DMESG, taint=(0, 512)))
+    assert [h.split(":")[0] for h in both.evidence["health"]] == ["warning", "warning"]
+    # taints a kernel bug does not set (a module, O/E) are no finding; a taint already there before is not new
+    assert workload_verdict(_obs(0, "ok\n", taint=(0, 4096 | 8192))).status == PASS
+    assert workload_verdict(_obs(0, "ok\n", taint=(512, 512))).status == PASS
+
+
 def test_timeout_and_lost_guest_are_errors_unless_the_kernel_crashed():
     t = workload_verdict(_obs(None, "partial", console="[ 9.1] still running\n"))
     assert t.status == ERROR and t.failure == "timeout" and t.timed_out
