@@ -173,6 +173,8 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                 "applied": applied, "config_base": req.config.base,
                 "selftests": [Path(t).name for t in tests],
                 "config_fragments": [str(f) for f in req.config.fragments(ws.src)],
+                # the harness's own settings a user fragment changed (its fragments come last and win)
+                "config_overrides": kconfig.overrides(req.config.fragments(ws.src), req.config.user_fragments),
                 "kernel_release": (ws.obj / "include/config/kernel.release").read_text().strip(),
                 "durations_s": {"apply": round(t_apply - t0, 1), "config": round(t_config - t_apply, 1),
                                 "kernel": round(t_kernel - t_config, 1),

@@ -154,23 +154,142 @@ def _kconfig_files(src: Path) -> list[Path]:
     return out
 
 
-def verify(src: Path, final_text: str, fragments: list[Path], base: str) -> list[str]:
-    """Every requested symbol with its requested value, or a list of what is not."""
-    have = parse_config(final_text)
-    exempt = NOT_ENFORCED_ON_TRIM if base == "trim" else NOT_ENFORCED_ANYWHERE
-    problems = []
+def requested(fragments: list[Path]) -> dict[str, tuple[str, Path]]:
+    """Each symbol's last requested value and the fragment that asked for it: merge_config.sh's rule (a later
+    fragment redefines an earlier one's value), so the user's fragments, which come last, win."""
+    out: dict[str, tuple[str, Path]] = {}
     for frag in fragments:
         for sym, val in parse_fragment(frag).items():
-            got = have.get(sym, "n")
-            if got == val or (frag.name == "kvm_guest.config" and sym.removeprefix("CONFIG_") in exempt):
-                continue
+            out[sym] = (val, frag)
+    return out
+
+
+def overrides(fragments: list[Path], user_fragments: list[Path]) -> list[str]:
+    """The harness's own settings a user fragment changed: 'CONFIG_X: 60 (health.config) -> 240 (mine.config)'."""
+    users = {f.resolve() for f in user_fragments}
+    harness: dict[str, tuple[str, Path]] = {}
+    out = []
+    for frag in fragments:
+        for sym, val in parse_fragment(frag).items():
+            if frag.resolve() not in users:
+                harness[sym] = (val, frag)
+            elif sym in harness and harness[sym][0] != val:
+                out.append(f"{sym}: {harness[sym][0]} ({harness[sym][1].name}) -> {val} ({frag.name})")
+    return out
+
+
+# scripts/kconfig/confdata.c conf_set_sym_val(): "<file>:<line>:warning: symbol value '%s' invalid for %s"
+_INVALID_VALUE = re.compile(r"warning: symbol value '([^']*)' invalid for (\w+)")
+
+
+def verify(src: Path, final_text: str, fragments: list[Path], base: str,
+           kconfig_output: str = "") -> tuple[list[str], list[str]]:
+    """(problems, notes): every symbol whose last requested value (`requested`) is not in the final .config,
+    with Kconfig's own reason, and what was taken otherwise than written but is not a problem (`m` as `y` in a
+    kernel without modules). `kconfig_output` is what merge_config.sh and olddefconfig printed (their warnings)."""
+    have = parse_config(final_text)
+    exempt = NOT_ENFORCED_ON_TRIM if base == "trim" else NOT_ENFORCED_ANYWHERE
+    invalid = {m[2]: m[1] for m in _INVALID_VALUE.finditer(kconfig_output)}
+    problems, notes = [], []
+    for sym, (val, frag) in requested(fragments).items():
+        got = have.get(sym, "n")
+        if got == val or (frag.name == "kvm_guest.config" and sym.removeprefix("CONFIG_") in exempt):
+            continue
+        name = sym.removeprefix("CONFIG_")
+        if val == "m" and got == "y" and have.get("CONFIG_MODULES", "n") == "n":
+            notes.append(f"{sym}=m taken as y (from {frag.name}): this kernel is built without modules"
+                         " (CONFIG_MODULES is not set)")
+            continue
+        if name in invalid:
+            kind = kconfig_type(src, sym)
+            why = f"; Kconfig: symbol value '{invalid[name]}' invalid for {name}" + (
+                f" (a {kind}: y or n)" if kind == "bool" else f" (a {kind})" if kind else "")
+        elif not _symbol_exists(src, sym):
+            why = "; no such symbol in this tree's Kconfig"
+        else:
             deps = kconfig_depends(src, sym)
-            dep = f"; Kconfig: depends on {' && '.join(deps)} [{dependency_values(deps, have)}]" if deps else \
-                ("; no such symbol in this tree's Kconfig" if not _symbol_exists(src, sym) else
-                 "; no `depends on` of its own (see its enclosing menu/if/choice)")
-            shown = "not set" if got == "n" else got
-            problems.append(f"{sym}: requested {val}, got {shown} (from {frag.name}){dep}")
-    return problems
+            unmet = [d for d in deps if eval_dependency(d, have) == "n"]
+            if unmet:
+                why = f"; Kconfig: depends on {' && '.join(unmet)} [{dependency_values(unmet, have)}]"
+            else:
+                why = ("; its own `depends on` are met" + (f" [{dependency_values(deps, have)}]" if deps else "") +
+                       ": an enclosing menu/if/choice, a `select`, or the value's range decides")
+        shown = "not set" if got == "n" else got
+        problems.append(f"{sym}: requested {val}, got {shown} (from {frag.name}){why}")
+    return problems, notes
+
+
+def kconfig_type(src: Path, sym: str) -> str:
+    """bool, tristate, int, hex or string, from the symbol's Kconfig entry ("" if not found)."""
+    name = sym.removeprefix("CONFIG_")
+    pat = re.compile(rf"^\s*(?:menu)?config\s+{re.escape(name)}\s*\n(?:\s*#.*\n|\s*\n)*\s*"
+                     r"(bool|tristate|int|hex|string|def_bool|def_tristate)\b", re.M)
+    for k in _kconfig_files(src):
+        m = pat.search(k.read_text(errors="replace"))
+        if m:
+            return m[1].removeprefix("def_")
+    return ""
+
+
+_DEP_TOKEN = re.compile(r"\s*(&&|\|\||!=|=|!|\(|\)|[A-Za-z0-9_]+|\"[^\"]*\")")
+_TRI = {"n": 0, "m": 1, "y": 2}
+
+
+def eval_dependency(expr: str, have: dict[str, str]) -> str:
+    """A Kconfig `depends on` expression's value ('y', 'm' or 'n') with the symbols' values in `have`
+    (Documentation/kbuild/kconfig-language.rst, "Menu dependencies": && is min, || max, ! is 2-x, = and !=
+    compare values). An expression this cannot read is taken as met ('y'): the message then shows it."""
+    toks = [t for t in _DEP_TOKEN.findall(expr)]
+    pos = 0
+
+    def value(tok: str) -> str:
+        if tok in _TRI and not tok.isupper():
+            return tok
+        return have.get("CONFIG_" + tok, "n").strip('"')
+
+    def primary() -> int | str:
+        nonlocal pos
+        tok = toks[pos]
+        pos += 1
+        if tok == "!":
+            return 2 - tri(primary())
+        if tok == "(":
+            v = tri(disj())
+            pos += 1  # ")"
+            return v
+        left = tok.strip('"')
+        if pos < len(toks) and toks[pos] in ("=", "!="):
+            op = toks[pos]
+            right = toks[pos + 1].strip('"')
+            pos += 2
+            equal = value(left) == value(right)
+            return 2 if equal == (op == "=") else 0
+        return value(left)
+
+    def tri(v: int | str) -> int:
+        return v if isinstance(v, int) else _TRI.get(v, 0)
+
+    def conj() -> int:
+        nonlocal pos
+        v = tri(primary())
+        while pos < len(toks) and toks[pos] == "&&":
+            pos += 1
+            v = min(v, tri(primary()))
+        return v
+
+    def disj() -> int:
+        nonlocal pos
+        v = conj()
+        while pos < len(toks) and toks[pos] == "||":
+            pos += 1
+            v = max(v, conj())
+        return v
+
+    try:
+        result = disj()
+    except (IndexError, KeyError):
+        return "y"
+    return "nmy"[result]
 
 
 def _symbol_exists(src: Path, sym: str) -> bool:
@@ -217,13 +336,19 @@ def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
         [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj), str(cfg), *map(str, frags)],
         ["make", "-s", "-C", str(src), f"O={obj}", "olddefconfig"],
     ]
+    said = []
     for cmd in steps:
         r = proc.run(cmd, cwd=obj, logfile=logfile)
+        said.append(r.stdout)
         if r.returncode != 0:
             raise ConfigError(f"config step failed ({' '.join(cmd[:4])} ...): "
                               f"{r.stdout.strip().splitlines()[-1:] or ['no output']}", detail=r.stdout)
     text = cfg.read_text()
-    problems = verify(src, text, frags, req.base)
+    for o in overrides(frags, req.user_fragments):
+        log.info("config: your fragment overrides the harness: %s", o)
+    problems, notes = verify(src, text, frags, req.base, "".join(said))
+    for n in notes:
+        log.warning("config: %s", n)
     if problems:
         raise ConfigError(f"{len(problems)} requested config symbol(s) not in the final .config "
                           f"(olddefconfig dropped them; nothing was compiled):\n  " + "\n  ".join(problems),
