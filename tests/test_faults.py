@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, cache, cli, forensics, kconfig, proc, series, source, vm
+from harness import build, cache, cli, forensics, kconfig, kconfig_tree, proc, series, source, vm
 from harness.checks.health import last_line, panic_excerpt, printable
 from harness.errors import ApplyError, ConfigError, Interrupted, UsageError, exit_code_for
 from harness.report import ktap
@@ -155,7 +155,7 @@ def test_validate_checks_every_input_before_any_work(tmp_path):
 def test_dependency_values_show_what_is_unmet():
     deps = ["KVM_AMD && X86_64", "CRYPTO_DEV_SP_PSP && !(KVM_AMD=y && CRYPTO_DEV_CCP_DD=m)"]
     have = {"CONFIG_KVM_AMD": "y", "CONFIG_X86_64": "y"}
-    assert kconfig.dependency_values(deps, have) == \
+    assert kconfig_tree.dependency_values(deps, have) == \
         "KVM_AMD=y, X86_64=y, CRYPTO_DEV_SP_PSP=n, CRYPTO_DEV_CCP_DD=n"
 
 
