@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import UsageError
+
 
 def cache_root() -> Path:
     env = os.environ.get("KVM_HARNESS_CACHE")
@@ -25,6 +27,18 @@ def cache_root() -> Path:
         return Path(env).expanduser().resolve()
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg).expanduser().resolve() / "kvm-harness"
+
+
+def writable_dir(path: Path, what: str) -> None:
+    """Make `path` (and its parents) a directory this process can write in, or raise UsageError naming it and
+    the system's reason: checked before any work, so that a read-only or full location is never found out
+    after a build. (A file is created and removed: permissions alone do not say it for root or read-only mounts.)"""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kvm-harness-write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{what} is not a writable directory: {path}: {e.strerror or e}") from e
 
 
 def sha256_file(path: Path) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import pipeline, proc, shell
-from .errors import EXIT_USAGE, HarnessError, Interrupted, UsageError
+from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError, Interrupted, UsageError
 from .kconfig import BASES, ConfigRequest
 from .modes import MODES
 from .request import RunRequest
@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:
         print(f"kvm-harness: {e.kind} error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the disk under the harness (full, read-only) outside a run's own handling
+        print(f"kvm-harness: infra error: {pipeline.disk_fault(e)}", file=sys.stderr)
+        return EXIT_INFRA
     finally:
         proc.kill_all_children()
     return EXIT_USAGE

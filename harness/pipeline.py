@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc
+from . import cache, proc
 from . import vm as vm_mod
 from .errors import EXIT_INFRA, EXIT_INTERRUPTED, HarnessError, Interrupted, exit_code_for
 from .lanes import Cell, Lanes
@@ -64,10 +64,12 @@ def run_boot_test(req: RunRequest, argv: list[str]) -> int:
 def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepared | None = None,
               cells: list[Cell] | None = None, label: str = "boot-test") -> RunOutcome:
     """One run in a new directory under req.results_root: build unless `prepared` is given, then `cells`
-    (default: cells_for(req.modes, req.plan, the build's selftests)), checks and reports. Never raises a
-    HarnessError: it is recorded in the outcome, metadata.json and the reports; the run directory always
-    has them."""
+    (default: cells_for(req.modes, req.plan, the build's selftests)), checks and reports. Raises UsageError
+    only when req.results_root cannot take a run directory (nothing is started then); any other HarnessError,
+    and a disk fault (OSError: full, read-only), is recorded in the outcome, metadata.json and the reports
+    as far as the disk allows; the run directory always has what could be written."""
     modes = req.modes if cells is None else list(dict.fromkeys(c.mode for c in cells))
+    cache.writable_dir(req.results_root, "the results directory (--results)")
     # A signal while the run directory is being set up, or while the reports are
     # being written, is held back: the run is then either recorded or not started.
     with proc.deferred_interrupts():
@@ -105,6 +107,9 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
         log.error("%s error: %s", e.kind, e)
         if e.detail:
             (out / "error-detail.txt").write_text(e.detail)
+    except OSError as e:  # a full or read-only disk under the run: the harness's fault, named, never a traceback
+        code, status, error = EXIT_INFRA, "error", {"kind": "infra", "message": disk_fault(e)}
+        log.error("infra error: %s", error["message"])
     except KeyboardInterrupt:
         code, status, error = EXIT_INTERRUPTED, "interrupted", {"kind": "interrupted",
                                                                 "message": "interrupted by signal"}
@@ -115,12 +120,26 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
             checks.finish(interrupted=status == "interrupted" or proc.interrupted() is not None)
             checks.close()
             timings.close(time.monotonic() - t_start)
-            record.update(timings=timings, status=status, exit_code=code, error=error,
-                          finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), counts=counts(results))
-            write_reports(out, results, record.meta, build_meta, status)
-            record.close()
+            try:
+                record.update(timings=timings, status=status, exit_code=code, error=error,
+                              finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), counts=counts(results))
+                write_reports(out, results, record.meta, build_meta, status)
+                record.close()
+            except OSError as e:
+                # The tests' own outcome is said, and the exit code says the reports are not whole.
+                tests = f"{status.upper()} (exit {code})"
+                code, status = EXIT_INFRA, "error"
+                error = {"kind": "infra", "message": f"reports not written: {disk_fault(e)}; the tests themselves:"
+                                                     f" {tests}"}
+                log.error("infra error: %s", error["message"])
             print_summary(out, results, status, code, error, timings)
     return RunOutcome(out, results, status, code, error)
+
+
+def disk_fault(e: OSError) -> str:
+    """'No space left on device: /path' for an OSError of the disk (the path it names, if any)."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"
 
 
 def _prepared(req: RunRequest, prepared: Prepared | None, modes: list[str], record: RunRecord) -> Prepared:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import capture, kconfig, schedule, source
+from . import cache, capture, kconfig, schedule, source
 from . import series as series_mod
 from .errors import UsageError
 from .modes import DEFAULT_MODES, MODES
@@ -84,6 +84,7 @@ def validate_prepare(req: PrepareRequest) -> list[series_mod.Series]:
         source.check_tarball(req.tarball)
     series = [series_mod.load_series(d) for d in req.series_dirs]
     req.config.validate()
+    cache.writable_dir(cache.cache_root(), "the cache (KVM_HARNESS_CACHE or XDG_CACHE_HOME)")
     if req.accel not in ACCELERATORS:
         raise UsageError(f"unknown accelerator {req.accel!r} (auto, kvm or tcg)")
     return series

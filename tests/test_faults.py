@@ -1,6 +1,7 @@
 """Fast tests of the failure paths (issue 5): real files, real git, real processes and
 signals, no kernel and no QEMU (those are in test_integration_faults.py)."""
 
+import errno
 import fcntl
 import json
 import os
@@ -489,3 +490,58 @@ def test_no_series_with_series_is_a_usage_error_not_a_silent_choice(tmp_path, ca
     assert rc == 2
     assert "kvm-harness: usage error: --no-series and --series contradict each other" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()   # refused before any work
+
+
+# --- the environment (issue 13 item 6): unwritable roots are usage errors, a disk fault is infra, named ---------
+
+def test_a_results_root_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main(["boot-test", "--results", str(blocker / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"kvm-harness: usage error: the results directory (--results) is not a writable directory:"
+                   f" {blocker / 'results'}: Not a directory"]
+
+
+def test_a_cache_that_cannot_be_written_is_a_usage_error_before_any_work(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("KVM_HARNESS_CACHE", str(blocker / "cache"))
+    assert cli.main(["boot-test", "--results", str(tmp_path / "results")]) == 2
+    assert "the cache (KVM_HARNESS_CACHE or XDG_CACHE_HOME) is not a writable directory" in capsys.readouterr().err
+    # refused before any build; like every usage error found once the run directory exists, it is recorded there
+    run = next((tmp_path / "results").glob("*boot-test*"))
+    meta = json.loads((run / "metadata.json").read_text())
+    assert meta["exit_code"] == 2 and "build" not in meta
+
+
+def test_a_full_disk_mid_run_is_an_infra_error_naming_the_path_and_keeps_what_was_written(tmp_path, monkeypatch):
+    from harness import pipeline
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache/builds/x/bzImage"))
+    monkeypatch.setattr(pipeline, "_prepared", full)
+    out = pipeline.boot_test(RunRequest(results_root=tmp_path / "results"), ["boot-test"])
+    assert out.exit_code == 8 and out.status == "error"
+    assert out.error == {"kind": "infra", "message": f"No space left on device: {tmp_path}/cache/builds/x/bzImage"}
+    meta = json.loads((out.run_dir / "metadata.json").read_text())
+    assert meta["exit_code"] == 8 and meta["error"]["kind"] == "infra"
+    assert (out.run_dir / "ktap.txt").exists()
+
+
+def test_a_report_the_disk_refuses_says_the_tests_own_outcome(tmp_path, monkeypatch, capsys):
+    from harness import pipeline
+
+    def config_error(*_a, **_k):
+        raise ConfigError("CONFIG_X: requested y, got not set")
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results/junit.xml"))
+    monkeypatch.setattr(pipeline, "_prepared", config_error)
+    monkeypatch.setattr(pipeline, "write_reports", full)
+    out = pipeline.boot_test(RunRequest(results_root=tmp_path / "results"), ["boot-test"])
+    assert out.exit_code == 8
+    assert out.error is not None and out.error["message"] == (
+        f"reports not written: No space left on device: {tmp_path}/results/junit.xml; the tests themselves:"
+        " ERROR (exit 5)")
+    assert "the tests themselves: ERROR (exit 5)" in capsys.readouterr().out
