@@ -62,8 +62,8 @@ def run_one(name: str, extra: list[Path], results: Path, opts: list[str]) -> Out
     if not latest.exists():
         return out
     out.run_dir = latest.resolve()
-    doc = json.loads((out.run_dir / "results.json").read_text())
-    for t in doc.get("kvm_harness", {}).get("results", []):
+    doc = json.loads((out.run_dir / "harness-results.json").read_text())
+    for t in doc.get("results", []):
         if t["path"].endswith(".boot"):
             continue
         out.statuses[t["path"]] = t["status"]

@@ -170,5 +170,6 @@ def apply_series(ws: Workspace, series: list[Series], logfile: Path) -> list[dic
                                                    if t.strip()))
             commit = ws.git("rev-parse", "HEAD")
             log.info("applied %s", p.name)
-            applied.append({"series": s.name, "patch": p.path.name, "sha256": p.sha256, "commit": commit})
+            applied.append({"series": s.name, "patch": p.path.name, "path": str(p.path.resolve()),
+                            "sha256": p.sha256, "commit": commit})
     return applied

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import cache
 from harness.verdicts import traced_events
 
 pytestmark = pytest.mark.integration
@@ -28,8 +29,10 @@ def kvm_harness(*args: str, cwd: Path, timeout: float = 3600) -> subprocess.Comp
 
 
 def load_run(results: Path) -> tuple[dict, dict, Path]:
+    """(metadata.json, harness-results.json, the run directory) of the latest run under `results`."""
     run = (results / "latest").resolve()
-    return json.loads((run / "metadata.json").read_text()), json.loads((run / "results.json").read_text()), run
+    return (json.loads((run / "metadata.json").read_text()),
+            json.loads((run / "harness-results.json").read_text()), run)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_the_results_are_the_recorded_ones(boot_test):
     (boot-test-results.json: taken from a real run before the library split; paths and statuses only)."""
     _, _, res, _, _ = boot_test
     recorded = json.loads((REPO / "tests" / "data" / "real" / "boot-test-results.json").read_text())
-    got = [[t["path"], t["status"]] for t in res["kvm_harness"]["results"]]
+    got = [[t["path"], t["status"]] for t in res["results"]]
     assert got == recorded["results"]
 
 
@@ -84,11 +87,35 @@ def test_guest_console_shows_nested_kvm_and_the_modes(boot_test):
 def test_artifacts_are_all_there(boot_test):
     _, meta, _, run, _ = boot_test
     for name in ("console.log", "build.log", ".config", "metadata.json", "ktap.txt", "junit.xml", "results.json",
-                 "dmesg-shadow.txt", "harness.log"):
+                 "harness-results.json", "dmesg-shadow.txt", "harness.log"):
         assert (run / name).is_file(), name
     assert meta["reproducer"].startswith("kvm-harness boot-test")
     ktap = (run / "ktap.txt").read_text()
     assert ktap.startswith("KTAP version 1") and "not ok" not in ktap
+
+
+def test_the_real_results_json_is_a_valid_kcidb_submission(boot_test):
+    """Issue 13 item 7: the file as written by a real run of the default series, not a synthetic one."""
+    import kcidb_io
+    _, _, _, run, _ = boot_test
+    doc = json.loads((run / "results.json").read_text())
+    kcidb_io.schema.V4_3.validate(doc)
+    checkout = doc["checkouts"][0]
+    assert "git_commit_hash" not in checkout  # a tarball has no commit; the cache's git base is not one
+    assert all(f["url"].startswith("file:///") and f["url"].endswith(f["name"]) for f in checkout["patchset_files"])
+    assert len(checkout["patchset_hash"]) == 64
+
+
+def test_the_real_ktap_parses_with_the_kernels_own_kunit_tool(boot_test):
+    """Issue 13 item 7: kunit.py parse (tools/testing/kunit of the source tree the run built) reads ktap.txt."""
+    _, _, res, run, _ = boot_test
+    tools = sorted(cache.cache_root().glob("sources/*/src/tools/testing/kunit/kunit.py"))
+    assert tools, "no kernel source tree with tools/testing/kunit in the cache (the boot test unpacks one)"
+    r = subprocess.run([sys.executable, str(tools[0]), "parse", str(run / "ktap.txt")], capture_output=True,
+                       text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    done = re.search(r"Testing complete\. Ran (\d+) tests: (.*)", r.stdout)
+    assert done and int(done[1]) == len(res["results"]) and "failed" not in done[2], r.stdout[-1500:]
 
 
 def _initrd(run: Path) -> str:
@@ -113,7 +140,7 @@ def test_second_run_does_not_rebuild(boot_test):
 def test_consistency_checked_where_the_patched_code_runs(boot_test):
     """Issue 3/4: the port + instrumentation is exercised, with non-zero evidence, in the shadow MMU modes."""
     _, _, res, run, _ = boot_test
-    cons = {t["path"]: t for t in res["kvm_harness"]["results"] if t["path"].endswith(".consistency")}
+    cons = {t["path"]: t for t in res["results"] if t["path"].endswith(".consistency")}
     assert len(cons) == 15, sorted(cons)
     for path, t in cons.items():
         counts = t["evidence"]["counts"]

@@ -57,8 +57,8 @@ class Run:
 
     @property
     def results(self) -> dict[str, dict]:
-        doc = json.loads((self.run_dir / "results.json").read_text())
-        return {r["path"]: r for r in doc["kvm_harness"]["results"]}
+        doc = json.loads((self.run_dir / "harness-results.json").read_text())
+        return {r["path"]: r for r in doc["results"]}
 
 
 def start(args: list[str], results: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, Path]:

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import kcidb_io
@@ -41,6 +42,27 @@ def test_results_json_is_valid_kcidb():
     doc = kcidb.render("run1", RESULTS, {"kind": "tarball", "sha256": "a" * 64}, build, {"summary": "tcg"}, "fail")
     kcidb_io.schema.V4_3.validate(json.loads(json.dumps(doc)))
     assert [t["status"] for t in doc["tests"]] == ["PASS", "FAIL", "ERROR", "SKIP"]
+
+
+def test_kcidb_checkout_fields_are_what_the_schema_means():
+    """Issue 13 item 7: patchset_hash is one sha256 over the newline-terminated patch hashes; a URL is a
+    valid URI for any path (spaces, non-ASCII) or left out; a tarball has no git commit of its own."""
+    hashes = ["a" * 64, "b" * 64]
+    build = {"key": "k", "applied": [
+        {"series": "my series", "patch": "0001-x.patch", "path": "/home/r/my series/0001-x.patch", "sha256": hashes[0]},
+        {"series": "ünï", "patch": "0002-y.patch", "path": "/home/r/ünï/0002-y.patch", "sha256": hashes[1]},
+        {"series": "old", "patch": "0003-z.patch", "sha256": "c" * 64}]}  # a build.json of before: no path
+    tarball = {"kind": "tarball", "sha256": "d" * 64, "base_commit": "e" * 40}
+    doc = kcidb.render("run1", RESULTS, tarball, build, {"summary": "tcg"}, "fail")
+    kcidb_io.schema.V4_3.validate(json.loads(json.dumps(doc)))
+    co = doc["checkouts"][0]
+    assert co["patchset_hash"] == hashlib.sha256(f"{hashes[0]}\n{hashes[1]}\n{'c' * 64}\n".encode()).hexdigest()
+    assert co["patchset_files"] == [
+        {"name": "0001-x.patch", "url": "file:///home/r/my%20series/0001-x.patch"},
+        {"name": "0002-y.patch", "url": "file:///home/r/%C3%BCn%C3%AF/0002-y.patch"}]  # 0003: no path, no entry
+    assert "git_commit_hash" not in co and co["misc"]["source"]["base_commit"] == "e" * 40
+    tree = kcidb.render("run1", RESULTS, {"kind": "tree", "commit": "f" * 40}, None, {}, "error")
+    assert tree["checkouts"][0]["git_commit_hash"] == "f" * 40 and "patchset_hash" not in tree["checkouts"][0]
 
 
 def test_overall_and_exit_codes():

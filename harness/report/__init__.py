@@ -13,8 +13,9 @@ from . import junit, kcidb, ktap
 
 def write_reports(out: Path, results: list[TestResult], meta: dict[str, Any], build: dict[str, Any] | None,
                   status: str) -> None:
-    """ktap.txt, junit.xml, results.json (KCIDB v4.3 plus the harness's own results) and console.log
-    (every VM's console, concatenated) into the run directory `out`."""
+    """ktap.txt, junit.xml, results.json (a KCIDB v4.3 submission, nothing else), harness-results.json (the
+    harness's own account: status, exit code, error, every result with its evidence) and console.log (every
+    VM's console, concatenated) into the run directory `out`."""
     (out / "ktap.txt").write_text(ktap.render(results))
     junit.write(results, out / "junit.xml")
     timings = meta.get("timings") or {}
@@ -22,9 +23,10 @@ def write_reports(out: Path, results: list[TestResult], meta: dict[str, Any], bu
                            "fingerprint": timings.get("fingerprint")}
     env["summary"] = f"{env['accelerator']}; {env['qemu']}"
     doc = kcidb.render(out.name, results, meta.get("source") or {}, build, env, status)
-    doc["kvm_harness"] = {"status": status, "exit_code": meta.get("exit_code"), "error": meta.get("error"),
-                          "results": [r.to_dict() for r in results]}
     cache.write_json(out / "results.json", doc)
+    cache.write_json(out / "harness-results.json", {"status": status, "exit_code": meta.get("exit_code"),
+                                                    "error": meta.get("error"),
+                                                    "results": [r.to_dict() for r in results]})
     consoles = sorted(out.glob("console-*.log"))
     with open(out / "console.log", "w") as f:
         for c in consoles:

@@ -8,6 +8,8 @@ ride in `misc`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from ..results import TestResult
@@ -15,19 +17,40 @@ from ..results import TestResult
 ORIGIN = "kvmharness"
 
 
+def patchset_hash(patch_hashes: list[str]) -> str | None:
+    """KCIDB's `patchset_hash`: the sha256 of the patches' sha256 hashes, each newline-terminated, in order
+    (kcidb-io's schema, v4: "a sha256 hash over newline-terminated sha256 hashes of each patch"); None
+    without patches (the field is then left out)."""
+    if not patch_hashes:
+        return None
+    return hashlib.sha256("".join(f"{h}\n" for h in patch_hashes).encode()).hexdigest()
+
+
+def patch_url(applied: dict[str, Any]) -> str | None:
+    """A file:// URI of the patch as applied (any path: spaces and non-ASCII are percent-encoded), or None
+    when the build did not record the patch's path (never invented from the series' name)."""
+    path = applied.get("path")
+    return Path(path).as_uri() if path and Path(path).is_absolute() else None
+
+
 def render(run_id: str, results: list[TestResult], source: dict[str, Any], build: dict[str, Any] | None,
            environment: dict[str, Any], status: str) -> dict[str, Any]:
+    """The KCIDB v4.3 submission of one run (validated by kcidb-io's V4_3 schema in the tests, on real runs
+    too). Harness data not in the schema rides in `misc`; a tarball's synthetic git base is not a commit
+    of any tree, so it is only in misc, never `git_commit_hash`."""
     checkout_id = f"{ORIGIN}:{source.get('sha256') or source.get('commit') or 'unknown'}"
-    patch_hashes = [p.get("sha256") for p in (build or {}).get("applied", [])]
+    applied = (build or {}).get("applied", [])
+    # a KCIDB resource needs a URL: a patch whose path the build did not record is left out of the list (the
+    # hash still covers it)
+    files = [{"name": p.get("patch"), "url": url} for p in applied if (url := patch_url(p))]
     out: dict[str, Any] = {
         "version": {"major": 4, "minor": 3},
         "checkouts": [{
             "id": checkout_id, "origin": ORIGIN,
-            "git_commit_hash": source.get("commit") or source.get("base_commit"),
+            "git_commit_hash": source.get("commit") if source.get("kind") == "tree" else None,
             "tree_name": source.get("kind"),
-            "patchset_files": [{"name": p.get("patch"), "url": f"file://{p.get('series')}/{p.get('patch')}"}
-                               for p in (build or {}).get("applied", [])],
-            "patchset_hash": ",".join(h for h in patch_hashes if h) or None,
+            "patchset_files": files,
+            "patchset_hash": patchset_hash([h for h in (p.get("sha256") for p in applied) if h]),
             "misc": {"source": source},
             "valid": build is not None,
         }],
@@ -37,11 +60,10 @@ def render(run_id: str, results: list[TestResult], source: dict[str, Any], build
     if build is None:
         return out
     build_id = f"{ORIGIN}:{build.get('key')}"
-    out["builds"].append({"id": build_id, "checkout_id": checkout_id, "origin": ORIGIN,
-                          "architecture": "x86_64", "config_name": build.get("config_base"),
-                          "compiler": "gcc", "valid": True,
-                          "misc": {"kernel_release": build.get("kernel_release"),
-                                   "durations_s": build.get("durations_s")}})
+    entry = {"id": build_id, "checkout_id": checkout_id, "origin": ORIGIN, "architecture": "x86_64",
+             "config_name": build.get("config_base"), "compiler": "gcc", "valid": True,
+             "misc": {"kernel_release": build.get("kernel_release"), "durations_s": build.get("durations_s")}}
+    out["builds"].append({k: v for k, v in entry.items() if v is not None})
     now = dt.datetime.now(dt.UTC).isoformat()
     for r in results:
         out["tests"].append({
