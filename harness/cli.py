@@ -53,9 +53,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree", type=Path, help="build from this kernel git tree (its HEAD; never modified)")
     g.add_argument("--tarball", type=Path, default=d.tarball,
                    help="kernel source tarball (default: Debian's linux-source-6.12)")
-    g.add_argument("--series", type=Path, action="append", default=None, metavar="DIR",
-                   help="patch series directory (repeatable, applied in order); "
-                        "default: the list in kernel-patches/default")
+    g.add_argument("--series", type=Path, action="append", default=None, metavar="DIR|MBOX",
+                   help="a patch series: a directory (a quilt `series` file, or format-patch files / mails in"
+                        " name order) or one mail file (mbox, b4 .mbx, .eml); repeatable, applied in order;"
+                        " default: the list in kernel-patches/default")
     g.add_argument("--no-series", action="store_true", help="build the plain kernel (no series)")
     g.add_argument("--config", type=Path, action="append", default=[], metavar="FRAGMENT",
                    help="extra Kconfig fragment (repeatable)")

@@ -89,7 +89,7 @@ def test_reset_removes_a_stale_index_lock(git_repo):
 def test_series_problems_are_usage_errors_naming_the_path(tmp_path):
     f = tmp_path / "plainfile"
     f.write_text("")
-    with pytest.raises(UsageError, match="series path is not a directory: .*plainfile"):
+    with pytest.raises(UsageError, match="series file is empty: .*plainfile"):  # a file is a series of mails
         series.load_series(f)
     d = tmp_path / "binary"
     d.mkdir()

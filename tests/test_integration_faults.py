@@ -220,6 +220,14 @@ def test_series_that_does_not_apply_names_patch_file_and_hunk(warm, tmp_path):
         msg = r.meta["error"]["message"]
         assert f"patch {version}/{first} does not apply" in msg and "arch/x86/kvm/mmu.c" in msg, msg
         assert_workspace_at_base()
+    # the same v1 as one b4-style .mbx (cover letter first): the letter skipped, the first patch named
+    r = harness(["boot-test", *QUICK, "--series", str(REPO / "tests/data/series-intake/fast-write-protect-2019-v1.mbx")],
+                tmp_path / "r")
+    assert r.rc == 3, r.out[-3000:]
+    msg = r.meta["error"]["message"]
+    assert msg.startswith("patch fast-write-protect-2019-v1.mbx mail 2 ([PATCH 1/4] KVM: MMU: correct the behavior of"
+                          " mmu_spte_update_no_track) does not apply: arch/x86/kvm/mmu.c"), msg
+    assert_workspace_at_base()
     assert_next_good_run_works(tmp_path)
 
 

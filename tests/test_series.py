@@ -123,3 +123,85 @@ def test_default_series_list(tmp_path):
     lst = tmp_path / "default"
     lst.write_text("# comment\na\n\n")
     assert series.load_default_list(lst) == [(tmp_path / "a").resolve()]
+
+
+# --- series as reviewers receive them (issue 13 item 1): inputs in tests/data/series-intake, copied from the
+# project's field cases (they change a file of numbered lines, like the git_repo fixture's) and the real 2019 mails
+
+INTAKE = REPO / "tests" / "data" / "series-intake"
+
+
+def _mmu(repo: Path) -> str:
+    return (repo / "arch/x86/kvm/mmu/mmu.c").read_text()
+
+
+def _log(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "-C", str(repo), "log", "--format=%s"], capture_output=True, text=True).stdout
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("case", ["crlf-mail", "quoted-printable-mail", "base64-mail", "series dir with spaces"])
+def test_mails_git_am_applies_are_applied(tmp_path, git_repo, case):
+    before = _mmu(git_repo)
+    applied = series.apply_series(_ws(git_repo), [series.load_series(INTAKE / case)], tmp_path / "log")
+    assert applied and _mmu(git_repo) != before
+    assert "\r" not in _mmu(git_repo)  # a CRLF mail changes the file, not its line endings
+
+
+def test_an_mbox_with_a_cover_letter_applies_both_patches_and_skips_the_letter(tmp_path, git_repo, caplog):
+    caplog.set_level("INFO", logger="kvm-harness")
+    applied = series.apply_series(_ws(git_repo), [series.load_series(INTAKE / "mbox-with-cover-letter")],
+                                  tmp_path / "log")
+    assert [a["patch"] for a in applied] == ["v1_20170703_dev_field_case_02.mbox [2/3]",
+                                             "v1_20170703_dev_field_case_02.mbox [3/3]"]
+    assert _log(git_repo)[:2] == ["KVM: MMU: field case 02, second change", "KVM: MMU: field case 02, first change"]
+    assert ("skipped mbox-with-cover-letter/v1_20170703_dev_field_case_02.mbox mail 1 ([PATCH 0/2] KVM: MMU: field"
+            " case 02 (cover letter)): a mail without a diff (a cover letter)") in caplog.text
+
+
+def test_quilt_strip_options_are_honoured(tmp_path, git_repo):
+    s = series.load_series(INTAKE / "quilt-options")
+    assert [(p.path.name, p.strip) for p in s.patches] == [("mmu-comment-p0.diff", 0), ("mmu-comment-p1.patch", 1)]
+    applied = series.apply_series(_ws(git_repo), [s], tmp_path / "log")
+    assert len(applied) == 2
+
+
+def test_a_quilt_option_that_is_not_a_strip_level_is_refused_by_name_before_any_work(tmp_path):
+    d = _series(tmp_path, "s", {"a.patch": GOOD})
+    (d / "series").write_text("a.patch -R\n")
+    with pytest.raises(UsageError, match=r"series:1: quilt option '-R' of a.patch is not supported \(only -pN\)"):
+        series.load_series(d)
+
+
+def test_a_mail_file_or_a_directory_without_a_series_file_is_a_series(tmp_path, git_repo):
+    one = series.load_series(INTAKE / "crlf-mail" / "0001-field-case-03.eml")
+    assert one.name == "0001-field-case-03.eml" and len(one.patches) == 1
+    d = tmp_path / "format-patch"
+    d.mkdir()
+    (d / "0001-x.patch").write_text(GOOD)
+    (d / "README").write_text("not a patch")
+    assert [p.path.name for p in series.load_series(d).patches] == ["0001-x.patch"]
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(UsageError, match="no `series` file and no patch or mail"):
+        series.load_series(tmp_path / "nothing")
+
+
+def test_the_2019_v1_mbx_on_a_tree_without_the_old_file_names_the_first_patch_and_the_file(tmp_path, git_repo):
+    """The real v1 repost as one b4-style .mbx (cover letter + 4 patches, 8-bit mail): the cover letter is
+    skipped and the first patch is refused because arch/x86/kvm/mmu.c (v5.0's) does not exist, never 'corrupt'."""
+    with pytest.raises(ApplyError) as e:
+        series.apply_series(_ws(git_repo), [series.load_series(INTAKE / "fast-write-protect-2019-v1.mbx")],
+                            tmp_path / "log")
+    msg = str(e.value)
+    assert msg.startswith("patch fast-write-protect-2019-v1.mbx mail 2 ([PATCH 1/4] KVM: MMU: correct the behavior"
+                          " of mmu_spte_update_no_track) does not apply: arch/x86/kvm/mmu.c"), msg
+    assert "corrupt" not in msg and "arch/x86/kvm/mmu.c" in e.value.files
+    assert not (git_repo / ".git" / "rebase-apply").exists()
+
+
+def test_the_reason_is_gits_first_error_never_a_hint():
+    out = ("Applying: x\nerror: patch failed: arch/x86/kvm/mmu/mmu.c:19\nhint: Use 'git am --show-current-patch=diff'\n"
+           "Patch failed at 0001 x\nWhen you have resolved this problem, run \"git am --continue\".\n"
+           "To restore the original branch and stop patching, run \"git am --abort\".\n")
+    assert series.first_error(out) == "error: patch failed: arch/x86/kvm/mmu/mmu.c:19"
+    assert series.first_error("To restore the original branch and stop patching, run \"git am --abort\".\n") == ""
