@@ -142,6 +142,38 @@ def from_tarball(tarball: Path, root: Path) -> Workspace:
                      base_commit=base["commit"], identity=identity)
 
 
+def _clone_shared(tree: Path, dest: Path) -> None:
+    r = proc.run(["git", "clone", "-q", "--shared", "--no-checkout", str(tree), str(dest)])
+    if r.returncode != 0:
+        raise InfraError(f"git clone --shared {tree} failed: {r.stderr[-400:]}")
+    for key, val in NO_BACKGROUND_GC:
+        proc.run(["git", "-C", str(dest), "config", key, val])
+
+
+def objects_intact(src: Path) -> bool:
+    """Every ref (and HEAD) of a workspace clone names an object it can still read: a `--shared` clone borrows
+    the tree's objects, which a rebase and a gc in the tree may remove (git then says "bad object")."""
+    refs = proc.run(["git", "-C", str(src), "for-each-ref", "--format=%(objectname)"]).stdout.split()
+    head = proc.run(["git", "-C", str(src), "rev-parse", "-q", "--verify", "HEAD"]).stdout.split()
+    ids = list(dict.fromkeys(refs + head))
+    if not ids:
+        return True
+    r = proc.run(["git", "-C", str(src), "cat-file", "--batch-check"], input_text="\n".join(ids) + "\n")
+    return r.returncode == 0 and "missing" not in r.stdout
+
+
+def _reclone(tree: Path, entry: Path, why: str) -> None:
+    """Replace a workspace clone whose borrowed objects are gone; the O= build directory beside it is kept,
+    so ccache and make still find their files. Called with the entry's lock held."""
+    log.warning("rebuilding the workspace of %s: %s; its build directory is kept", tree, why)
+    fresh = entry / f"src.new-{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    _clone_shared(tree, fresh)
+    with cache.locked(entry / "workspace.lock"):  # not under a build of another run
+        shutil.rmtree(entry / "src")
+        os.replace(fresh, entry / "src")
+
+
 def from_tree(tree: Path, root: Path) -> Workspace:
     tree = tree.resolve()
     check_tree(tree)
@@ -157,12 +189,13 @@ def from_tree(tree: Path, root: Path) -> Workspace:
     with cache.locked(entry.with_suffix(".lock")):
         if not (entry / "src" / ".git").exists():
             with cache.publishing(entry) as tmp:
-                r = proc.run(["git", "clone", "-q", "--shared", "--no-checkout", str(tree), str(tmp / "src")])
-                if r.returncode != 0:
-                    raise InfraError(f"git clone --shared {tree} failed: {r.stderr[-400:]}")
-                for key, val in NO_BACKGROUND_GC:
-                    proc.run(["git", "-C", str(tmp / "src"), "config", key, val])
+                _clone_shared(tree, tmp / "src")
+        elif not objects_intact(entry / "src"):
+            _reclone(tree, entry, "it borrowed objects the tree no longer has (rebased and garbage-collected?)")
         r = proc.run(["git", "-C", str(entry / "src"), "fetch", "-q", "--no-tags", str(tree), commit])
+        if r.returncode != 0 and re.search(r"bad object|missing|did not send all necessary objects", r.stderr):
+            _reclone(tree, entry, f"git fetch failed on its objects ({r.stderr.strip().splitlines()[-1][:200]})")
+            r = proc.run(["git", "-C", str(entry / "src"), "fetch", "-q", "--no-tags", str(tree), commit])
         if r.returncode != 0:
             raise InfraError(f"git fetch of {commit} from {tree} failed: {r.stderr[-400:]}")
     # The version of the commit that is built, not of the user's work tree.

@@ -47,6 +47,32 @@ def test_tree_is_cloned_not_touched(tmp_path, user_tree):
     assert ws.src.is_relative_to(tmp_path / "cache")
 
 
+def test_a_workspace_whose_borrowed_objects_were_pruned_is_rebuilt(tmp_path, user_tree, caplog):
+    """Issue 13 item 5: the user rebases and git gc prunes the old commits the --shared clone borrowed; the
+    next run rebuilds the workspace (saying so, keeping the O= build directory) instead of failing forever."""
+    caplog.set_level("WARNING", logger="kvm-harness")
+    ws = source.from_tree(user_tree, tmp_path / "cache")
+    ws.reset()
+    (ws.obj / "kept").parent.mkdir(parents=True, exist_ok=True)
+    (ws.obj / "kept").write_text("ccache and make outputs")
+    # the user rewrites history: a new root commit replaces the old one, and the old objects are pruned
+    (user_tree / "arch/x86/kvm/mmu.c").write_text("int z;\n")
+    _git(user_tree, "checkout", "-q", "--orphan", "rewritten")
+    _git(user_tree, "add", "-A")
+    _git(user_tree, "commit", "-q", "-m", "rebased")
+    _git(user_tree, "branch", "-q", "-D", "master" if "master" in _git(user_tree, "branch") else "main")
+    _git(user_tree, "tag", "-d", "v6.13-rc1")
+    _git(user_tree, "reflog", "expire", "--expire=now", "--all")
+    _git(user_tree, "gc", "-q", "--prune=now")
+    assert not source.objects_intact(ws.src)  # what git itself would report as "bad object"
+    ws2 = source.from_tree(user_tree, tmp_path / "cache")
+    ws2.reset()
+    assert (ws2.src / "arch/x86/kvm/mmu.c").read_text() == "int z;\n"
+    assert (ws2.obj / "kept").read_text() == "ccache and make outputs"
+    assert "rebuilding the workspace of" in caplog.text and "rebased and garbage-collected" in caplog.text
+    assert source.objects_intact(ws2.src)
+
+
 def test_tree_errors_name_the_path(tmp_path):
     with pytest.raises(UsageError, match="kernel tree not found"):
         source.check_tree(tmp_path / "nope")
