@@ -28,7 +28,10 @@ BASES = {
     "trim": ("tinyconfig", CONFIGS_DIR / "trim.config", CONFIGS_DIR / "trim-after-kvm-guest.config"),
     "defconfig": ("defconfig", None, None),
 }
-HARNESS_FRAGMENTS = [CONFIGS_DIR / "kvm.config", CONFIGS_DIR / "health.config"]
+HARNESS_FRAGMENTS = [CONFIGS_DIR / "kvm.config", CONFIGS_DIR / "health.config", CONFIGS_DIR / "checks.config"]
+# Fragments that only add checks: a symbol of theirs the tree cannot give is recorded as unavailable (one
+# warning line), not a config error; the harness runs on every tree that has KVM (6.1 LTS has no KVM_PROVE_MMU).
+OPTIONAL_FRAGMENTS = frozenset({"health.config", "checks.config"})
 KVM_GUEST = "kernel/configs/kvm_guest.config"
 
 # kvm_guest.config is generic (all arches, SCSI/DRM guests). On the trimmed
@@ -138,23 +141,33 @@ def overrides(fragments: list[Path], user_fragments: list[Path]) -> list[str]:
 _INVALID_VALUE = re.compile(r"warning: symbol value '([^']*)' invalid for (\w+)")
 
 
-def verify(src: Path, final_text: str, fragments: list[Path], base: str,
-           kconfig_output: str = "") -> tuple[list[str], list[str]]:
-    """(problems, notes): every symbol whose last requested value (`requested`) is not in the final .config,
-    with Kconfig's own reason, and what was taken otherwise than written but is not a problem (`m` as `y` in a
-    kernel without modules). `kconfig_output` is what merge_config.sh and olddefconfig printed (their warnings)."""
+@dataclass
+class Verified:
+    """What verify() found: `problems` stop the build (exit 5); `notes` are taken otherwise than written but
+    fine; `unavailable` are checks this tree cannot have (a symbol of OPTIONAL_FRAGMENTS it cannot give)."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+
+
+def verify(src: Path, final_text: str, fragments: list[Path], base: str, kconfig_output: str = "") -> Verified:
+    """Every symbol whose last requested value (`requested`) is not in the final .config, with Kconfig's own
+    reason: a problem, or, if an optional fragment (OPTIONAL_FRAGMENTS) asked for it last, an unavailable
+    check; and notes on what was taken otherwise than written but is fine (`m` as `y` in a kernel without
+    modules). `kconfig_output` is what merge_config.sh and olddefconfig printed (their warnings)."""
     have = parse_config(final_text)
     exempt = NOT_ENFORCED_ON_TRIM if base == "trim" else NOT_ENFORCED_ANYWHERE
     invalid = {m[2]: m[1] for m in _INVALID_VALUE.finditer(kconfig_output)}
-    problems, notes = [], []
+    out = Verified()
     for sym, (val, frag) in requested(fragments).items():
         got = have.get(sym, "n")
         if got == val or (frag.name == "kvm_guest.config" and sym.removeprefix("CONFIG_") in exempt):
             continue
         name = sym.removeprefix("CONFIG_")
         if val == "m" and got == "y" and have.get("CONFIG_MODULES", "n") == "n":
-            notes.append(f"{sym}=m taken as y (from {frag.name}): this kernel is built without modules"
-                         " (CONFIG_MODULES is not set)")
+            out.notes.append(f"{sym}=m taken as y (from {frag.name}): this kernel is built without modules"
+                             " (CONFIG_MODULES is not set)")
             continue
         if name in invalid:
             kind = kconfig_type(src, sym)
@@ -171,12 +184,14 @@ def verify(src: Path, final_text: str, fragments: list[Path], base: str,
                 why = ("; its own `depends on` are met" + (f" [{dependency_values(deps, have)}]" if deps else "") +
                        ": an enclosing menu/if/choice, a `select`, or the value's range decides")
         shown = "not set" if got == "n" else got
-        problems.append(f"{sym}: requested {val}, got {shown} (from {frag.name}){why}")
-    return problems, notes
+        line = f"{sym}: requested {val}, got {shown} (from {frag.name}){why}"
+        (out.unavailable if frag.name in OPTIONAL_FRAGMENTS else out.problems).append(line)
+    return out
 
 
-def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
-    """Write obj/.config for `req` (keeping the old file and mtime if identical); return its text.
+def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> Verified:
+    """Write obj/.config for `req` (keeping the old file and mtime if identical); return what verify() found
+    (its problems raised as ConfigError, exit 5; the checks this tree cannot have in `unavailable`).
 
     The O= directory is shared by every build of the workspace: when this
     fails (or is interrupted), obj/.config is put back as it was, content and
@@ -189,7 +204,7 @@ def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
     if had_config:
         shutil.copy2(cfg, prev)
     try:
-        text = _configure(src, obj, req, logfile)
+        verified = _configure(src, obj, req, logfile)
     except BaseException:
         if had_config:
             os.replace(prev, cfg)   # the previous file itself: same content, same mtime
@@ -201,10 +216,10 @@ def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
             os.replace(prev, cfg)  # same content: keep the old mtime, make has nothing to redo
         else:
             prev.unlink()
-    return text
+    return verified
 
 
-def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
+def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> Verified:
     cfg = obj / ".config"
     target = BASES[req.base][0]
     frags = req.fragments(src)
@@ -223,11 +238,13 @@ def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> str:
     text = cfg.read_text()
     for o in overrides(frags, req.user_fragments):
         log.info("config: your fragment overrides the harness: %s", o)
-    problems, notes = verify(src, text, frags, req.base, "".join(said))
-    for n in notes:
+    verified = verify(src, text, frags, req.base, "".join(said))
+    for n in verified.notes:
         log.warning("config: %s", n)
-    if problems:
-        raise ConfigError(f"{len(problems)} requested config symbol(s) not in the final .config "
-                          f"(olddefconfig dropped them; nothing was compiled):\n  " + "\n  ".join(problems),
+    for u in verified.unavailable:
+        log.warning("config: a check this tree cannot have, run without it: %s", u)
+    if verified.problems:
+        raise ConfigError(f"{len(verified.problems)} requested config symbol(s) not in the final .config "
+                          f"(olddefconfig dropped them; nothing was compiled):\n  " + "\n  ".join(verified.problems),
                           detail=text)
-    return text
+    return verified

@@ -26,7 +26,7 @@ from .report.run_dir import RunRecord
 from .request import RunRequest, validate, validate_modes, validate_options, validate_prepare
 from .results import Status, TestResult, counts, overall
 from .schedule import BackgroundChecks, ResultBook, Timings
-from .workloads import WorkloadPlan
+from .workloads import Workload, WorkloadPlan
 
 log = logging.getLogger("kvm-harness")
 
@@ -46,6 +46,17 @@ def cells_for(modes: list[str], plan: WorkloadPlan, selftests: tuple[str, ...] |
     """boot-test's matrix: every selected workload (of the build's `selftests`, when given) in every mode;
     a mode with none keeps its boot case."""
     return [c for m in modes for c in ([Cell(m, w) for w in plan.selected(m, selftests)] or [Cell(m)])]
+
+
+UNBUILT_INDEX = 1 << 30  # after every cell of a mode: the selftests that did not build
+
+
+def unbuilt_results(mode: str, plan: WorkloadPlan, errors: dict[str, str]) -> list[TestResult]:
+    """An ERROR for each selected workload whose selftest did not build (build.json's selftest_errors): the
+    tree's breakage is reported as its own test cases, named by their first compiler or linker error, while
+    the others run."""
+    return [TestResult(w.path(mode), Status.ERROR, reason=f"{w.test} did not build: {errors[w.test]}")
+            for w in plan.selected(mode) if isinstance(w, Workload) and w.test in errors]
 
 
 def prepare_build(req: RunRequest, log_dir: Path) -> Prepared:
@@ -95,6 +106,8 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
         t_work = time.monotonic()
         if cells is None:
             cells = cells_for(req.modes, req.plan, prepared.selftests)
+            for mode in req.modes:
+                book.add(mode, UNBUILT_INDEX, unbuilt_results(mode, req.plan, prepared.selftest_errors))
         Lanes(prepared, req, out, timings, book, checks).run(cells)
         checks.finish()
         proc.check_interrupted()   # a signal held back during the last QMP exchange

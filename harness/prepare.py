@@ -47,6 +47,12 @@ class Prepared:
         return tuple(str(n) for n in names) if isinstance(names, list) else build_mod.SELFTESTS
 
     @property
+    def selftest_errors(self) -> dict[str, str]:
+        """The tree's selftests that did not build: name -> first compiler or linker error."""
+        errors = self.build.meta.get("selftest_errors")
+        return {str(k): str(v) for k, v in errors.items()} if isinstance(errors, dict) else {}
+
+    @property
     def instrumented(self) -> bool:
         """Was the instrumentation series (the pw_sptes dump and the kvm_mmu_pw_* tracepoints) applied?"""
         applied = self.build.meta.get("series", [])

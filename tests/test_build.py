@@ -1,4 +1,8 @@
+from pathlib import Path
+
+from harness import build, kconfig
 from harness.build import first_compiler_error
+from harness.source import Workspace
 
 LOG = """  CC      arch/x86/kvm/mmu/page_track.o
   CC      arch/x86/kvm/mmu/mmu.o
@@ -18,3 +22,48 @@ def test_first_compiler_error_has_file_and_line():
 
 def test_make_error_when_no_compiler_error():
     assert first_compiler_error("foo\nmake: *** [Makefile:1: all] Error 2\n") == "make: *** [Makefile:1: all] Error 2"
+
+
+# --- a tree whose own selftest does not build (issue 13 item 4): its test cases are ERRORs, the others run ------
+
+LD_LOG = """\
+dirty_log_test.c: In function 'vm_dirty_log_verify':
+dirty_log_test.c:775:25: warning: implicit declaration of function 'TEST_ASSERT_EQ' [-Wimplicit-function-declaration]
+  775 |                         TEST_ASSERT_EQ(val, iteration);
+/usr/bin/ld: /tmp/ccAbCdEf.o: in function `vm_dirty_log_verify':
+/src/tools/testing/selftests/kvm/dirty_log_test.c:775: undefined reference to `TEST_ASSERT_EQ'
+collect2: error: ld returned 1 exit status
+make: *** [../lib.mk:155: /obj/kselftest/kvm/dirty_log_test] Error 1
+"""
+
+
+def test_the_first_linker_error_is_named_not_makes_line():
+    assert build.first_compiler_error(LD_LOG, Path("/src")) == \
+        "tools/testing/selftests/kvm/dirty_log_test.c:775: undefined reference to `TEST_ASSERT_EQ'"
+
+
+def test_a_selftest_that_does_not_build_is_named_and_the_others_are_built(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    kvm = src / "tools/testing/selftests/kvm"
+    (kvm / "x86_64").mkdir(parents=True)
+    (kvm / "x86_64/dirty_log_enable_test.c").write_text("")
+    # a Makefile that builds every test but dirty_log_test, which fails at link time like 6.1.192's
+    (kvm / "Makefile").write_text(
+        "$(OUTPUT)/dirty_log_test:\n\t@printf '%s' \"$$LDLOG\"; exit 1\n"
+        "$(OUTPUT)/%:\n\tmkdir -p $(dir $@) && touch $@\n")
+    ws = Workspace(src=src, obj=tmp_path / "obj", lock=tmp_path / "lock", base_commit="0" * 40)
+    req = build.BuildRequest(ws, [], kconfig.ConfigRequest("trim"), jobs=2)
+    monkeypatch.setenv("LDLOG", LD_LOG.replace("/src/", f"{src}/"))
+    built, errors = build.build_selftests(req, tmp_path / "cache", tmp_path / "obj" / "kst", tmp_path / "log")
+    assert built == ["dirty_log_perf_test", "x86_64/dirty_log_enable_test"]
+    assert errors == {"dirty_log_test":
+                      "tools/testing/selftests/kvm/dirty_log_test.c:775: undefined reference to `TEST_ASSERT_EQ'"}
+
+
+def test_the_workloads_of_an_unbuilt_selftest_are_errors_of_their_own():
+    from harness.pipeline import unbuilt_results
+    from harness.workloads import WorkloadPlan
+    res = unbuilt_results("shadow", WorkloadPlan(), {"dirty_log_test": "dirty_log_test.c:775: undefined reference"})
+    assert [(r.path, r.status) for r in res] == [(f"kvm.shadow.dirty_log_test.{m}", "ERROR")
+                                                 for m in ("dirty-log", "clear-log", "dirty-ring")]
+    assert res[0].reason == "dirty_log_test did not build: dirty_log_test.c:775: undefined reference"

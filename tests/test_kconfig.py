@@ -20,7 +20,7 @@ def test_verify_names_symbol_and_unmet_dependency(tmp_path):
     frag = tmp_path / "want.config"
     frag.write_text("CONFIG_VIRTIO_NET=y\nCONFIG_EXPERT=y\nCONFIG_NOPE=y\n")
     final = "CONFIG_EXPERT=y\n# CONFIG_VIRTIO_NET is not set\n"
-    problems, _ = kconfig.verify(src, final, [frag], "defconfig")
+    problems = kconfig.verify(src, final, [frag], "defconfig").problems
     assert any(p.startswith("CONFIG_VIRTIO_NET: requested y, got not set") and "depends on VIRTIO" in p
                for p in problems), problems
     assert any("CONFIG_NOPE" in p and "no such symbol" in p for p in problems)
@@ -33,8 +33,8 @@ def test_kvm_guest_exemptions_only_on_trim(tmp_path):
     (src / "init/Kconfig").write_text("")
     frag = tmp_path / "kvm_guest.config"
     frag.write_text("CONFIG_SCSI_VIRTIO=y\n")
-    assert kconfig.verify(src, "", [frag], "trim") == ([], [])
-    assert kconfig.verify(src, "", [frag], "defconfig")[0] != []
+    assert kconfig.verify(src, "", [frag], "trim") == kconfig.Verified()
+    assert kconfig.verify(src, "", [frag], "defconfig").problems != []
 
 
 def test_request_validation(tmp_path):
@@ -51,7 +51,8 @@ def test_request_validation(tmp_path):
 def test_shipped_fragments_are_kconfig():
     for f in [*kconfig.BASES["trim"][1:], *kconfig.HARNESS_FRAGMENTS]:
         assert kconfig.parse_fragment(f), f
-    assert kconfig.parse_fragment(kconfig.CONFIGS_DIR / "kvm.config")["CONFIG_KVM_PROVE_MMU"] == "y"
+    assert kconfig.parse_fragment(kconfig.CONFIGS_DIR / "checks.config")["CONFIG_KVM_PROVE_MMU"] == "y"
+    assert {f.name for f in kconfig.HARNESS_FRAGMENTS} >= kconfig.OPTIONAL_FRAGMENTS
 
 
 # --- users' fragments (issue 13 item 2): theirs come last and win; a refusal gives Kconfig's own reason ------
@@ -81,12 +82,13 @@ def test_a_users_fragment_overrides_the_harness_and_is_recorded(tmp_path):
     health = _frag(tmp_path, "health.config", "CONFIG_DETECT_HUNG_TASK=y\nCONFIG_DEFAULT_HUNG_TASK_TIMEOUT=60\n")
     mine = _frag(tmp_path, "slower-hung-task.config", "CONFIG_DEFAULT_HUNG_TASK_TIMEOUT=240\n")
     final = "CONFIG_DETECT_HUNG_TASK=y\nCONFIG_DEFAULT_HUNG_TASK_TIMEOUT=240\n"
-    assert kconfig.verify(src, final, [health, mine], "defconfig") == ([], [])
+    assert kconfig.verify(src, final, [health, mine], "defconfig") == kconfig.Verified()
     assert kconfig.overrides([health, mine], [mine]) == [
         "CONFIG_DEFAULT_HUNG_TASK_TIMEOUT: 60 (health.config) -> 240 (slower-hung-task.config)"]
-    # the harness's value is still checked where the user did not change it
-    problems, _ = kconfig.verify(src, "CONFIG_DEFAULT_HUNG_TASK_TIMEOUT=240\n", [health, mine], "defconfig")
-    assert [p.split(":")[0] for p in problems] == ["CONFIG_DETECT_HUNG_TASK"]
+    # the harness's value is still checked where the user did not change it (health.config only adds checks:
+    # a tree that cannot give it runs without, recorded as unavailable)
+    v = kconfig.verify(src, "CONFIG_DEFAULT_HUNG_TASK_TIMEOUT=240\n", [health, mine], "defconfig")
+    assert v.problems == [] and [u.split(":")[0] for u in v.unavailable] == ["CONFIG_DETECT_HUNG_TASK"]
 
 
 def test_m_for_a_bool_is_refused_with_kconfigs_own_words(tmp_path):
@@ -94,7 +96,7 @@ def test_m_for_a_bool_is_refused_with_kconfigs_own_words(tmp_path):
     kvm = _frag(tmp_path, "kvm.config", "CONFIG_KVM=y\nCONFIG_EXPERT=y\nCONFIG_KVM_PROVE_MMU=y\n")
     mine = _frag(tmp_path, "bool-m.config", "CONFIG_KVM_PROVE_MMU=m\n")
     said = ".config:2541:warning: symbol value 'm' invalid for KVM_PROVE_MMU\n"  # olddefconfig's words, 6.12
-    problems, _ = kconfig.verify(src, "CONFIG_KVM=y\nCONFIG_EXPERT=y\n", [kvm, mine], "defconfig", said)
+    problems = kconfig.verify(src, "CONFIG_KVM=y\nCONFIG_EXPERT=y\n", [kvm, mine], "defconfig", said).problems
     assert problems == ["CONFIG_KVM_PROVE_MMU: requested m, got not set (from bool-m.config); Kconfig: symbol value"
                         " 'm' invalid for KVM_PROVE_MMU (a bool: y or n)"]
 
@@ -102,7 +104,8 @@ def test_m_for_a_bool_is_refused_with_kconfigs_own_words(tmp_path):
 def test_m_without_modules_is_taken_as_y_and_said(tmp_path):
     src = _tree(tmp_path)
     mine = _frag(tmp_path, "tristate-m.config", "CONFIG_VIRTIO_BALLOON=m\n")
-    problems, notes = kconfig.verify(src, "CONFIG_VIRTIO=y\nCONFIG_VIRTIO_BALLOON=y\n", [mine], "defconfig")
+    v = kconfig.verify(src, "CONFIG_VIRTIO=y\nCONFIG_VIRTIO_BALLOON=y\n", [mine], "defconfig")
+    problems, notes = v.problems, v.notes
     assert problems == [] and notes == ["CONFIG_VIRTIO_BALLOON=m taken as y (from tristate-m.config): this kernel"
                                         " is built without modules (CONFIG_MODULES is not set)"]
 
@@ -110,7 +113,7 @@ def test_m_without_modules_is_taken_as_y_and_said(tmp_path):
 def test_an_unmet_dependency_is_named_and_a_met_one_never_blamed(tmp_path):
     src = _tree(tmp_path)
     f = _frag(tmp_path, "x.config", "CONFIG_KVM_PROVE_MMU=y\nCONFIG_NEEDS_A_OR_B=y\n")
-    problems, _ = kconfig.verify(src, "CONFIG_KVM=y\n", [f], "defconfig")
+    problems = kconfig.verify(src, "CONFIG_KVM=y\n", [f], "defconfig").problems
     assert problems[0] == ("CONFIG_KVM_PROVE_MMU: requested y, got not set (from x.config); Kconfig: depends on"
                            " KVM && EXPERT [KVM=y, EXPERT=n]")
     # (KVM || VIRTIO) && !MODULES holds: dropped for another reason, which the message does not pretend to know
@@ -125,3 +128,18 @@ def test_an_unmet_dependency_is_named_and_a_met_one_never_blamed(tmp_path):
 ])
 def test_dependency_expressions(expr, want):
     assert kconfig_tree.eval_dependency(expr, {"CONFIG_KVM": "y", "CONFIG_VIRTIO": "m"}) == want
+
+
+def test_a_check_the_tree_cannot_have_is_unavailable_not_a_config_error(tmp_path):
+    """Issue 13 item 4: 6.1 has no KVM_PROVE_MMU; checks.config asks for it, so the run goes on without it."""
+    src = _tree(tmp_path)
+    (src / "init/Kconfig").write_text("config KVM\n\ttristate \"kvm\"\n")  # a tree without KVM_PROVE_MMU
+    kvm = _frag(tmp_path, "kvm.config", "CONFIG_KVM=y\n")
+    checks = _frag(tmp_path, "checks.config", "CONFIG_KVM_PROVE_MMU=y\n")
+    v = kconfig.verify(src, "CONFIG_KVM=y\n", [kvm, checks], "defconfig")
+    assert v.problems == [] and v.unavailable == [
+        "CONFIG_KVM_PROVE_MMU: requested y, got not set (from checks.config); no such symbol in this tree's Kconfig"]
+    # ... but what the harness cannot run without stays an error, and so does a user's own request
+    assert kconfig.verify(src, "", [kvm, checks], "defconfig").problems[0].startswith("CONFIG_KVM: requested y")
+    mine = _frag(tmp_path, "mine.config", "CONFIG_KVM_PROVE_MMU=y\n")
+    assert kconfig.verify(src, "CONFIG_KVM=y\n", [kvm, checks, mine], "defconfig").problems != []

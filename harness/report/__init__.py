@@ -26,6 +26,7 @@ def write_reports(out: Path, results: list[TestResult], meta: dict[str, Any], bu
     cache.write_json(out / "results.json", doc)
     cache.write_json(out / "harness-results.json", {"status": status, "exit_code": meta.get("exit_code"),
                                                     "error": meta.get("error"),
+                                                    "unavailable_checks": (build or {}).get("unavailable_checks", []),
                                                     "results": [r.to_dict() for r in results]})
     consoles = sorted(out.glob("console-*.log"))
     with open(out / "console.log", "w") as f:
