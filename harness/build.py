@@ -25,7 +25,7 @@ from .source import Workspace
 
 log = logging.getLogger("kvm-harness")
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: assembler sources never through ccache (kbuild-cc), payload checked
 # The KVM selftests the workloads run, relative to tools/testing/selftests/kvm/ (6.12's layout). The
 # first two are in every tree since 5.x; dirty_log_enable_test comes with the series'
 # kernel-patches/dirty-log-enable-selftest and is built wherever the tree has it.
@@ -72,6 +72,25 @@ class BuildResult:
     @property
     def selftests(self) -> Path:
         return self.dir / "selftests"
+
+
+# kbuild's CC: ccache gcc for C, plain gcc for assembler sources (the script says why: a stale piggy.o).
+KBUILD_CC = Path(__file__).resolve().parent / "tools" / "kbuild-cc"
+
+
+def check_payload(obj: Path) -> None:
+    """The bzImage must carry the kernel just linked: its compressed payload (arch/x86/boot/compressed/
+    vmlinux.bin.gz, of this vmlinux) must be inside arch/x86/boot/bzImage. A cached piggy.o of another build
+    breaks that silently; this makes it a BuildError instead of a run on the wrong kernel."""
+    boot = obj / "arch/x86/boot"
+    payloads = sorted((boot / "compressed").glob("vmlinux.bin.*"), key=lambda p: p.stat().st_mtime)
+    payloads = [p for p in payloads if p.suffix in (".gz", ".xz", ".zst", ".lz4", ".lzma", ".lzo", ".bz2")]
+    if not payloads:
+        return  # an uncompressed kernel (no payload to compare)
+    payload = payloads[-1].read_bytes()
+    if payload not in (boot / "bzImage").read_bytes():
+        raise BuildError(f"arch/x86/boot/bzImage does not carry the kernel just linked ({payloads[-1].name} is not"
+                         " in it): a stale object reached the image; the build is not published")
 
 
 def first_compiler_error(log_text: str, src: Path | None = None) -> str:
@@ -177,11 +196,12 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                 t_apply = time.monotonic()
                 verified = kconfig.configure(ws.src, ws.obj, req.config, logfile)
                 t_config = time.monotonic()
-                cc = "ccache gcc" if shutil.which("ccache") else "gcc"
-                mk = ["-C", str(ws.src), f"O={ws.obj}", f"-j{req.jobs}", f"CC={cc}", f"HOSTCC={cc}"]
+                hostcc = "ccache gcc" if shutil.which("ccache") else "gcc"
+                mk = ["-C", str(ws.src), f"O={ws.obj}", f"-j{req.jobs}", f"CC={KBUILD_CC}", f"HOSTCC={hostcc}"]
                 # headers_install (for the selftests) in the same make: it runs beside the
                 # compile instead of after it (~10 s of mostly serial shell work).
                 _make(req, root, [*mk, "bzImage", "headers_install"], logfile, "kernel build")
+                check_payload(ws.obj)
                 t_kernel = time.monotonic()
                 kst = ws.obj / "kselftest" / "kvm"
                 tests, selftest_errors = build_selftests(req, root, kst, logfile)
