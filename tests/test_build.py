@@ -1,7 +1,11 @@
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from harness import build, kconfig
 from harness.build import first_compiler_error
+from harness.errors import BuildError
 from harness.source import Workspace
 
 LOG = """  CC      arch/x86/kvm/mmu/page_track.o
@@ -67,3 +71,30 @@ def test_the_workloads_of_an_unbuilt_selftest_are_errors_of_their_own():
     assert [(r.path, r.status) for r in res] == [(f"kvm.shadow.dirty_log_test.{m}", "ERROR")
                                                  for m in ("dirty-log", "clear-log", "dirty-ring")]
     assert res[0].reason == "dirty_log_test did not build: dirty_log_test.c:775: undefined reference"
+
+
+# --- the image carries the kernel just built (a stale piggy.o from ccache once put another kernel in it) -------
+
+def test_assembler_sources_bypass_ccache(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("gcc", "ccache"):
+        tool = bin_dir / name
+        tool.write_text(f"#!/bin/sh\necho {name} \"$@\" >> {tmp_path / 'calls'}\n")
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    for args in (["-c", "-o", "piggy.o", "arch/x86/boot/compressed/piggy.S"], ["-c", "-o", "mmu.o", "mmu.c"]):
+        subprocess.run([str(build.KBUILD_CC), *args], env=env, check=True)
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        "gcc -c -o piggy.o arch/x86/boot/compressed/piggy.S", "ccache gcc -c -o mmu.o mmu.c"]
+
+
+def test_a_bzimage_without_this_builds_payload_is_refused(tmp_path):
+    boot = tmp_path / "arch/x86/boot"
+    (boot / "compressed").mkdir(parents=True)
+    (boot / "compressed/vmlinux.bin.gz").write_bytes(b"\x1f\x8b\x08 this kernel")
+    (boot / "bzImage").write_bytes(b"setup" + b"\x1f\x8b\x08 this kernel" + b"trailer")
+    build.check_payload(tmp_path)  # the image carries it
+    (boot / "bzImage").write_bytes(b"setup" + b"\x1f\x8b\x08 another kernel" + b"trailer")
+    with pytest.raises(BuildError, match="does not carry the kernel just linked"):
+        build.check_payload(tmp_path)
