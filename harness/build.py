@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, kconfig, proc
+from . import cache, kconfig, proc, progress
 from . import series as series_mod
 from .errors import BuildError
 from .source import Workspace
@@ -200,7 +200,15 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                 mk = ["-C", str(ws.src), f"O={ws.obj}", f"-j{req.jobs}", f"CC={KBUILD_CC}", f"HOSTCC={hostcc}"]
                 # headers_install (for the selftests) in the same make: it runs beside the
                 # compile instead of after it (~10 s of mostly serial shell work).
-                _make(req, root, [*mk, "bzImage", "headers_install"], logfile, "kernel build")
+                # a cold build (no vmlinux in O= yet) is measured against the last cold build of the same
+                # kernel version and config base; an incremental one is just counted
+                cold = not (ws.obj / "vmlinux").exists()
+                steps_key = f"{ws.identity.get('version')}:{req.config.base}"
+                before = logfile.stat().st_size if logfile.exists() else 0
+                with progress.watching("kernel build", logfile, progress.cold_steps(root, steps_key) if cold else None):
+                    _make(req, root, [*mk, "bzImage", "headers_install"], logfile, "kernel build")
+                if cold:
+                    progress.record_cold_steps(root, steps_key, progress.count_steps(logfile, before))
                 check_payload(ws.obj)
                 t_kernel = time.monotonic()
                 kst = ws.obj / "kselftest" / "kvm"
