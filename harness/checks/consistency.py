@@ -26,7 +26,7 @@ from harness.checks.findings import (
     set_bits,
 )
 from harness.checks.replay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK, Replay
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, format_event
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, format_event, where
 from harness.results import ERROR, FAIL, PASS, SKIP
 
 RECENT_EVENTS = 6  # trace events shown per inconsistency
@@ -137,10 +137,10 @@ def _describe(ev: AnyEvent, masks: Masks | None) -> str:
                 return ""
             return "(pw)" if masks.possibly_writable(v) else "(-)"
         return (f"seq={ev.seq:#x} idx={ev.idx} old={ev.old:#x}{pw(ev.old)} -> new={ev.new:#x}{pw(ev.new)}"
-                f" count={ev.count} [trace line {ev.line_no}]")
+                f" count={ev.count} [{where(ev)}]")
     if isinstance(ev, PageEvent):
-        return f"seq={ev.seq:#x} page {ev.op} gfn={ev.gfn:#x} count={ev.count} [trace line {ev.line_no}]"
-    return f"{format_event(ev)} [trace line {ev.line_no}]"
+        return f"seq={ev.seq:#x} page {ev.op} gfn={ev.gfn:#x} count={ev.count} [{where(ev)}]"
+    return f"{format_event(ev)} [{where(ev)}]"
 
 
 def _attach_recent(items: list[Inconsistency], evs: list[AnyEvent],

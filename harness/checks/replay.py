@@ -9,7 +9,7 @@ from operator import attrgetter
 
 from harness.checks.debugfs import Masks, ShadowPage, Snapshot, decode_role
 from harness.checks.findings import CaptureFaults, Findings, Inconsistency, page_inconsistency, set_bits
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, where
 
 PT_PAGE_SIZE_MASK = 1 << 7  # a huge leaf spte (arch/x86/kvm/mmu/spte.h); the same bit in every spte format
 SPTE_BASE_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # SPTE_BASE_ADDR_MASK (spte.h), physical address bits 51:12
@@ -147,22 +147,22 @@ class Replay:
     def _inc(self, kind: str, ev: SpteEvent | PageEvent | WpLoadEvent, pg: PageState, idx: int | None,
              expected: int | str | None, actual: int | str | None, detail: str) -> Inconsistency:
         return Inconsistency(kind, ev.vm, ev.spt, pg.gfn, pg.role, decode_role(pg.role), pg.level, idx,
-                             expected, actual, detail, seq=ev.seq, source=f"trace line {ev.line_no}")
+                             expected, actual, detail, seq=ev.seq, source=where(ev))
 
     def _seq_fault(self, ev: AnyEvent, expect: int) -> None:
         if ev.seq < expect:
-            self.errors.add(f"lost trace events: duplicate seq {ev.seq:#x} (trace line {ev.line_no});"
+            self.errors.add(f"lost trace events: duplicate seq {ev.seq:#x} ({where(ev)});"
                             f" replay stopped there")
         else:
             self.errors.add(f"lost trace events: seq {expect:#x}..{ev.seq - 1:#x} missing"
-                            f" ({ev.seq - expect} events, before trace line {ev.line_no}); replay stopped there")
+                            f" ({ev.seq - expect} events, before seq {ev.seq:#x}, {where(ev)}); replay stopped there")
 
     def _untraced(self, ev: SpteEvent | PageEvent | WpLoadEvent, what: str) -> None:
         key = (ev.vm, ev.spt)
         if key in self.untraced:
             return
         self.untraced.add(key)
-        self.errors.add(f"capture fault: {what} at seq {ev.seq:#x} (trace line {ev.line_no}) for VM {ev.vm:#x}"
+        self.errors.add(f"capture fault: {what} at seq {ev.seq:#x} ({where(ev)}) for VM {ev.vm:#x}"
                         f" page spt={ev.spt:#x} gfn={ev.gfn:#x}, which was not allocated in the trace"
                         " (trace started late?)")
 

@@ -230,6 +230,12 @@ def parse_trace(lines: Iterable[str], *, stats: TraceStats | None = None,
     st.lines = line_no
 
 
+def where(ev: AnyEvent) -> str:
+    """Where an event was read: `trace line N` of a text trace; a binary trace.dat has no lines (its events are
+    found by their seq, which every message gives)."""
+    return f"trace line {ev.line_no}" if ev.line_no else "trace.dat"
+
+
 def format_event(ev: AnyEvent) -> str:
     """The event as its trace line body (after the ftrace prefix), exactly as FORMAT.md prints it."""
     if isinstance(ev, SpteEvent):
