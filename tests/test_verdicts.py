@@ -189,3 +189,18 @@ def test_a_skip_is_an_error_where_the_mode_reaches_the_patched_code():
     assert consistency_verdict("p", MODES["tdp_mmu"], cap, "", _verdict(SKIP)).status == SKIP
     res = consistency_verdict("p", MODES["shadow"], cap, "", _verdict(SKIP))
     assert res.status == ERROR and res.reason.startswith("mode shadow should reach the patched code")
+
+
+def test_no_shadow_mmu_evidence_is_a_skip_where_the_mode_never_reaches_it():
+    # kvm.tdp_mmu.dirty_log_enable_test in a real run: the VM lived 2.2 s, under the 2 s dump interval plus its
+    # start, so no dump; the trace held only write-protect-all's two disables (FORMAT.md v2)
+    cap = capture.Captured(Path("/cap"), ring_entries=2)
+    no_dump = Verdict(ERROR, "trace events but no dump: the masks are unknown, the trace cannot be replayed",
+                      new_counts(events=2, vms=1, wp_all_disables=2), [])
+    res = consistency_verdict("p", MODES["tdp_mmu"], cap, "", no_dump)
+    assert res.status == SKIP and res.reason.startswith("mode tdp_mmu does not reach the patched code; trace events")
+    # where the mode does reach it, the same lack of evidence stays an ERROR
+    assert consistency_verdict("p", MODES["shadow"], cap, "", no_dump).status == ERROR
+    # and an incomplete capture stays an ERROR in any mode
+    assert consistency_verdict("p", MODES["tdp_mmu"], capture.Captured(Path("/cap"), ring_entries=5), "",
+                               no_dump).status == ERROR
