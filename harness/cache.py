@@ -9,6 +9,7 @@ leaves a half-made entry behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,14 +30,25 @@ def cache_root() -> Path:
     return Path(xdg).expanduser().resolve() / "kvm-harness"
 
 
-def writable_dir(path: Path, what: str) -> None:
-    """Make `path` (and its parents) a directory this process can write in, or raise UsageError naming it and
-    the system's reason: checked before any work, so that a read-only or full location is never found out
-    after a build. (A file is created and removed: permissions alone do not say it for root or read-only mounts.)"""
+def writable_dir(path: Path, what: str, create: bool = True) -> None:
+    """Check that `path` is a directory this process can write in (made, with its parents, if `create`), or
+    raise UsageError naming it and the system's reason: before any work, so that a read-only or full location
+    is never found out after a build. An existing directory gets a file created and removed (permissions alone
+    do not say it for root); without `create`, a missing one is judged by its nearest existing parent, which
+    stays untouched (os.access: a read-only mount is refused even to root)."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".kvm-harness-write-test-"):
-            pass
+        if path.is_dir() or create:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".kvm-harness-write-test-"):
+                pass
+            return
+        parent = path
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
     except OSError as e:
         raise UsageError(f"{what} is not a writable directory: {path}: {e.strerror or e}") from e
 

@@ -84,7 +84,8 @@ def validate_prepare(req: PrepareRequest) -> list[series_mod.Series]:
         source.check_tarball(req.tarball)
     series = [series_mod.load_series(d) for d in req.series_dirs]
     req.config.validate()
-    cache.writable_dir(cache.cache_root(), "the cache (KVM_HARNESS_CACHE or XDG_CACHE_HOME)")
+    # not created here: a run refused for any reason leaves no cache behind
+    cache.writable_dir(cache.cache_root(), "the cache (KVM_HARNESS_CACHE or XDG_CACHE_HOME)", create=False)
     if req.accel not in ACCELERATORS:
         raise UsageError(f"unknown accelerator {req.accel!r} (auto, kvm or tcg)")
     return series

@@ -545,3 +545,14 @@ def test_a_report_the_disk_refuses_says_the_tests_own_outcome(tmp_path, monkeypa
         f"reports not written: No space left on device: {tmp_path}/results/junit.xml; the tests themselves:"
         " ERROR (exit 5)")
     assert "the tests themselves: ERROR (exit 5)" in capsys.readouterr().out
+
+
+def test_the_cache_check_creates_nothing(tmp_path):
+    """A refused run leaves no cache behind: a missing cache root is judged by its nearest existing parent."""
+    missing = tmp_path / "a" / "b" / "cache"
+    cache.writable_dir(missing, "the cache", create=False)
+    assert not (tmp_path / "a").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UsageError, match="the cache is not a writable directory: .*file/cache: Not a directory"):
+        cache.writable_dir(blocker / "cache", "the cache", create=False)
