@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from harness import proc
 from harness.checks.consistency import check
@@ -31,6 +31,30 @@ def is_trace_dat(path: Path) -> bool:
 
 
 @contextlib.contextmanager
+def _trace_cmd(args: list[str], path: Path, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """trace-cmd `args` on `path`, in its own process group known to the harness (an interrupted run kills
+    it with the rest). Its exit status is checked once the body is done: a failure (or no trace-cmd) raises
+    OSError naming the file and trace-cmd's words."""
+    exe = shutil.which("trace-cmd")
+    if exe is None:
+        raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([exe, *args], stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, **popen)
+        proc.register_group(p.pid)
+        try:
+            yield p
+        finally:
+            if p.stdout is not None:
+                p.stdout.close()
+            rc = p.wait()
+            proc.unregister_group(p.pid)
+        if rc != 0:
+            err.seek(0)
+            words = " ".join(err.read().split())[-300:]
+            raise OSError(f"trace-cmd {args[0]} -i {path} failed (exit {rc}): {words}")
+
+
+@contextlib.contextmanager
 def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
     """The text of a trace.dat (what `trace-cmd extract` wrote in the guest), by `trace-cmd report`: the
     reference reading (what a person runs), against which the tests check the binary decoder.
@@ -39,47 +63,11 @@ def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
     A report that fails (truncated or corrupt file) raises OSError naming the file and trace-cmd's words,
     after the lines it did give were read: a partial trace is never taken for a whole one.
     """
-    exe = shutil.which("trace-cmd")
-    if exe is None:
-        raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
-    with tempfile.TemporaryFile("w+") as err:
-        # Its own process group, known to the harness: an interrupted run kills it with the rest.
-        p = subprocess.Popen([exe, "report", "-N", "-i", str(path)], stdout=subprocess.PIPE, stderr=err,
-                             stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1 << 20,
-                             start_new_session=True)
-        proc.register_group(p.pid)
+    with _trace_cmd(["report", "-N", "-i", str(path)], path, stdout=subprocess.PIPE, text=True,
+                    errors="replace", bufsize=1 << 20) as p:
         assert p.stdout is not None
-        try:
-            yield p.stdout
-            p.stdout.read()  # drain what the caller left, so the exit status is trace-cmd's own
-        finally:
-            p.stdout.close()
-            rc = p.wait()
-            proc.unregister_group(p.pid)
-        if rc != 0:
-            err.seek(0)
-            words = " ".join(err.read().split())[-300:]
-            raise OSError(f"trace-cmd report -i {path} failed (exit {rc}): {words}")
-
-
-def _trace_cmd(args: list[str], path: Path) -> None:
-    """Run trace-cmd on `path` in its own process group (an interrupted run kills it with the rest);
-    raises OSError naming the file and trace-cmd's words if it fails or is not installed."""
-    exe = shutil.which("trace-cmd")
-    if exe is None:
-        raise OSError(f"cannot read {path}: trace-cmd is not installed (run `make setup`)")
-    with tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-        proc.register_group(p.pid)
-        try:
-            rc = p.wait()
-        finally:
-            proc.unregister_group(p.pid)
-        if rc != 0:
-            err.seek(0)
-            words = " ".join(err.read().split())[-300:]
-            raise OSError(f"trace-cmd {args[0]} -i {path} failed (exit {rc}): {words}")
+        yield p.stdout
+        p.stdout.read()  # drain what the caller left, so the exit status is trace-cmd's own
 
 
 def trace_dat_events(path: Path, stats: TraceStats) -> list[AnyEvent]:
@@ -93,8 +81,9 @@ def trace_dat_events(path: Path, stats: TraceStats) -> list[AnyEvent]:
         return decode(Path(path).read_bytes(), stats)
     with tempfile.TemporaryDirectory(prefix="kvm-harness-trace-") as tmp:
         v6 = Path(tmp) / "trace.v6.dat"
-        _trace_cmd(["convert", "--file-version", "6", "--compression", "none", "-i", str(path), "-o", str(v6)],
-                   path)
+        with _trace_cmd(["convert", "--file-version", "6", "--compression", "none", "-i", str(path), "-o", str(v6)],
+                        path, stdout=subprocess.DEVNULL):
+            pass
         return decode(v6.read_bytes(), stats)
 
 

@@ -175,22 +175,16 @@ def read_layout(buf: memoryview) -> Layout:
 
 def _decoders(formats: dict[str, EventFormat],
               st: TraceStats) -> dict[int, Callable[[memoryview, int], AnyEvent]]:
-    """Event id -> a function (buffer, data offset) -> event, for the events this trace has; the
-    write-protect-all ones are counted in `st` as they are decoded."""
+    """Event id -> a function (buffer, data offset) -> event, for the events this trace has other than
+    kvm_mmu_pw_spte (decode() does that one inline); the write-protect-all ones are counted in `st` as they
+    are decoded."""
     out: dict[int, Callable[[memoryview, int], AnyEvent]] = {}
     for name, names in EVENT_FIELDS.items():
         fmt = formats.get(name)
-        if fmt is None:
-            continue  # a kernel without patch 0004 has no kvm_mmu_wp_*; without any pw event, nothing to read
+        if fmt is None or name == "kvm_mmu_pw_spte":
+            continue  # a kernel without patch 0004 has no kvm_mmu_wp_*
         unpack = record_struct(fmt, names).unpack_from
-        if name == "kvm_mmu_pw_spte":
-            def spte(b: memoryview, d: int, u: Callable[..., tuple[int, ...]] = unpack) -> AnyEvent:
-                seq, vm, spt, gfn, role, level, idx, old, new, count = u(b, d)
-                if not 0 <= idx < 512:
-                    raise TraceFormatError(0, f"seq={seq:#x}", f"spte index {idx} out of range")
-                return SpteEvent(seq, vm, spt, gfn, role, level, idx, old, new, count, 0)
-            out[fmt.id] = spte
-        elif name == "kvm_mmu_pw_page":
+        if name == "kvm_mmu_pw_page":
             def page(b: memoryview, d: int, u: Callable[..., tuple[int, ...]] = unpack) -> AnyEvent:
                 s, vm, spt, gfn, role, level, free, count = u(b, d)
                 return PageEvent(s, vm, spt, gfn, role, level, "free" if free else "alloc", count, 0)
