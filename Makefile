@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 KH := $(VENV)/bin/kvm-harness
 ARGS ?=
 
-.PHONY: setup boot-test shell test unit-test integration-test lint bench clean-results mutation-test measure measure-boot
+.PHONY: setup boot-test shell ab test unit-test integration-test lint bench clean-results mutation-test measure measure-boot
 
 setup:
 	./scripts/setup.sh
@@ -16,6 +16,10 @@ boot-test: $(KH)
 
 shell: $(KH)
 	$(KH) shell $(ARGS)
+
+# Base (plain 6.12) against the series' kernel patches: dirty_log_perf_test -g, interleaved boots (docs/ab/).
+ab: $(KH)
+	$(KH) ab $(ARGS)
 
 # The full suite: fast unit tests and the real boot test (real kernel, real QEMU).
 test: $(KH)

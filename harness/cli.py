@@ -1,4 +1,4 @@
-"""kvm-harness command line: boot-test and shell (make boot-test, make shell).
+"""kvm-harness command line: boot-test, shell and ab (make boot-test, make shell, make ab).
 
 Exit codes (harness/errors.py): 0 all passed, 1 a test failed,
 2 usage, 3 patch apply, 4 all skipped, 5 config, 6 build, 7 boot,
@@ -15,6 +15,8 @@ from pathlib import Path
 from types import FrameType
 
 from . import pipeline, proc, shell
+from .ab import cli as ab_cli
+from .ab import run as ab_run
 from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError, Interrupted, UsageError
 from .kconfig import BASES, ConfigRequest
 from .modes import MODES
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--mode", default="tdp_mmu", choices=sorted(MODES))
     sh.add_argument("--keep", action="store_true", help="leave the VM running and print how to reach it")
     sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run instead of an interactive shell")
+    ab = sub.add_parser("ab", help="base against patched: dirty_log_perf_test on both, interleaved; ratios, "
+                                   "intervals, plots")
+    ab_cli.add_options(ab)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "shell":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             return shell.run(request_from(args), args.mode, args.keep, cmd)
+        if args.command == "ab":
+            return ab_run.run(ab_cli.request_from(args), argv[1:])
     except HarnessError as e:
         print(f"kvm-harness: {e.kind} error: {e}", file=sys.stderr)
         return e.exit_code

@@ -14,8 +14,9 @@ from .checks import health
 from .checks.findings import Verdict
 from .guest import RunResult
 from .modes import MmuMode, ModeFacts
+from .perf import phases as perf_phases
 from .results import ERROR, FAIL, PASS, SKIP, TestResult
-from .workloads import KSFT_PASS, KSFT_SKIP, perf_figures, skip_reason
+from .workloads import KSFT_PASS, KSFT_SKIP, skip_reason
 
 OUTPUT_KEPT = 20000   # characters of a test's output kept in the reports (its tail)
 
@@ -100,7 +101,7 @@ def workload_verdict(obs: Observation) -> TestResult:
         last = [ln for ln in res.output.splitlines() if ln.strip()][-3:]
         res.reason = f"exit {r.rc}: " + " | ".join(last)
     if obs.test == "dirty_log_perf_test":
-        res.evidence["figures"] = perf_figures(res.output)
+        res.evidence["figures"] = perf_phases(res.output)
     if obs.dmesg_error:
         res.evidence["dmesg_error"] = obs.dmesg_error
     findings = health.scan(obs.dmesg, f"dmesg-{obs.tag}.txt")

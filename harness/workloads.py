@@ -1,5 +1,6 @@
 """The workloads: KVM selftests as test cases in each MMU mode (modes.py), plus the
-`--workload-cmd` testing hook, and what their output says (kselftest exit codes, perf figures)."""
+`--workload-cmd` testing hook, and what their output says (kselftest exit codes; perf.py has the
+timings of dirty_log_perf_test)."""
 
 from __future__ import annotations
 
@@ -100,26 +101,6 @@ class WorkloadPlan:
 
 # kselftest exit codes
 KSFT_PASS, KSFT_SKIP = 0, 4
-
-_PERF = {
-    "populate_s": re.compile(r"Populate memory time: (\d+\.\d+)s"),
-    "enable_dirty_logging_s": re.compile(r"Enabling dirty logging time: (\d+\.\d+)s"),
-    "dirty_memory_avg_s": re.compile(r"Dirty memory time:?\s+(\d+\.\d+)s"),
-    "get_dirty_log_total_s": re.compile(r"Get dirty log over \d+ iterations took (\d+\.\d+)s"),
-    "clear_dirty_log_total_s": re.compile(r"Clear dirty log over \d+ iterations took (\d+\.\d+)s"),
-    "disable_dirty_logging_s": re.compile(r"Disabling dirty logging time: (\d+\.\d+)s"),
-}
-
-
-def perf_figures(output: str) -> dict[str, float]:
-    """The timings dirty_log_perf_test prints (kept as evidence, never asserted on)."""
-    figs = {}
-    for name, pat in _PERF.items():
-        m = pat.search(output)
-        if m:
-            figs[name] = float(m.group(1))
-    return figs
-
 
 def skip_reason(output: str) -> str:
     for line in reversed(output.splitlines()):

@@ -1,5 +1,10 @@
+from pathlib import Path
+
 from harness.modes import MODES, parse_facts
-from harness.workloads import WorkloadPlan, perf_figures
+from harness.perf import phases
+from harness.workloads import WorkloadPlan
+
+REAL = Path(__file__).parent / "data" / "real"
 
 FACTS_AMD_SHADOW = """vendor=kvm_amd
 dev_kvm=1
@@ -45,13 +50,19 @@ def test_plan_has_three_log_modes_and_perf_per_mode():
     assert plan.workloads()[4].command() == "/bin/dirty_log_enable_test -c 2 -m 64 -v 2"
 
 
-def test_perf_figures():
-    out = ("Populate memory time: 1.234567890s\nEnabling dirty logging time: 0.002000000s\n\n"
-           "Iteration 1 dirty memory time: 2.5s\nGet dirty log over 3 iterations took 0.100000000s."
-           " (Avg 0.033s/iteration)\nDisabling dirty logging time: 0.010000000s\n")
-    figs = perf_figures(out)
-    assert figs["populate_s"] == 1.234567890 and figs["enable_dirty_logging_s"] == 0.002
-    assert figs["get_dirty_log_total_s"] == 0.1 and figs["disable_dirty_logging_s"] == 0.01
+def test_perf_phases_of_a_real_run():
+    out = (REAL / "dirty_log_perf_test-g-tdp_mmu.txt").read_text()
+    p = phases(out)
+    assert list(p) == ["populate", "enable_dirty_logging", "dirty_memory_first", "dirty_memory_later",
+                       "get_dirty_log", "disable_dirty_logging"]   # -g: no clear
+    assert p["populate"] == 7.911211859 and p["enable_dirty_logging"] == 0.037301117
+    assert p["dirty_memory_first"] == 3.568717783
+    assert p["dirty_memory_later"] == (3.360743820 + 2.562233877) / 2
+    assert abs(p["get_dirty_log"] - 0.019043611) < 1e-9 and p["disable_dirty_logging"] == 0.004531316
+    # manual protect prints a clear phase; -i 1 has no later iterations
+    manual = "Iteration 1 dirty memory time: 1.5s\nIteration 1 clear dirty log time: 0.25s\n"
+    assert phases(manual) == {"dirty_memory_first": 1.5, "clear_dirty_log": 0.25}
+    assert phases("==== Test Assertion Failure ====\n") == {}
 
 
 def test_a_guest_on_fewer_cpus_than_qemu_gave_is_named():
