@@ -39,7 +39,7 @@ class ModeFacts:
     dev_kvm: bool = False
     nested: str = ""
     tdp: str = ""             # npt or ept parameter
-    tdp_mmu: str = ""
+    tdp_mmu: str = ""         # in effect: Y only with tdp Y (parse_facts)
     cpus: int = 0             # CPUs the guest kernel brought up
     tsc_khz_unknown: bool = False
     instrumented: bool = False  # the kvmmmu:kvm_mmu_pw_spte tracepoint exists (the instrumentation series)
@@ -57,7 +57,7 @@ class ModeFacts:
         if not self.dev_kvm:
             p.append("/dev/kvm missing in the guest: KVM did not initialise")
         if self.vendor == "":
-            p.append("neither kvm_amd nor kvm_intel reported in the guest's kernel log")
+            p.append("neither kvm_amd nor kvm_intel initialised in the guest (no svm/vmx CPU flag, or no /dev/kvm)")
         if self.nested not in ("1", "Y"):
             p.append(f"nested virtualization not enabled in the guest (nested={self.nested or '?'})")
         want_tdp = "Y" if mode.tdp else "N"
@@ -123,6 +123,13 @@ def parse_facts(text: str) -> ModeFacts:
     f.tsc_khz_unknown = raw.get("tsc_khz_unknown") == "1"
     f.instrumented = raw.get("instrumented") == "1"
     f.release = raw.get("release", "")
-    if f.vendor and not any(f.vendor + ":" in ln for ln in f.kvm_lines):
-        f.vendor = ""  # the CPU flag alone does not prove the module initialised
+    if not f.dev_kvm:
+        # The CPU flag alone does not prove the vendor module initialised; /dev/kvm does: kvm_init()
+        # registers it last, in 6.1 and 6.12 alike. (The log lines differ: 6.12's "kvm_amd: Nested
+        # Paging disabled" is 6.1's "SVM: kvm: Nested Paging disabled".)
+        f.vendor = ""
+    if f.tdp == "N" and f.tdp_mmu == "Y":
+        # Before 6.3 kvm.tdp_mmu is only the wish (0644, tdp_mmu.c): the TDP MMU is used only with TDP
+        # on. From 6.3 it reads what is in effect (mmu.c: tdp_mmu_enabled = tdp_mmu_allowed && tdp_enabled).
+        f.tdp_mmu = "N"
     return f

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     qemu-system-x86 qemu-utils            # the VM
     linux-source-6.12                     # the default kernel source
+    linux-source-6.1                      # a kernel of another age (tests/test_integration_old_kernel.py)
     build-essential bc bison flex libelf-dev libssl-dev ccache cpio xz-utils kmod rsync git
     python3 python3-venv
 )

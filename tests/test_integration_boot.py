@@ -6,35 +6,18 @@ source is a failure with the reason, as the harness itself reports it.
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from runs import REPO, kvm_harness, load_run
 
 from harness import cache
 from harness.verdicts import traced_events
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parent.parent
-
-
-def kvm_harness(*args: str, cwd: Path, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "harness", *args]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def load_run(results: Path) -> tuple[dict, dict, Path]:
-    """(metadata.json, harness-results.json, the run directory) of the latest run under `results`."""
-    run = (results / "latest").resolve()
-    return (json.loads((run / "metadata.json").read_text()),
-            json.loads((run / "harness-results.json").read_text()), run)
-
-
 @pytest.fixture(scope="module")
 def boot_test(tmp_path_factory):
     work = tmp_path_factory.mktemp("boot-test")

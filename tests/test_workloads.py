@@ -28,11 +28,36 @@ def test_facts_parse_and_mode_check():
     assert any("npt=N" in p for p in f.problems(MODES["tdp_legacy"]))
 
 
-def test_vendor_needs_the_kernel_log():
+def test_vendor_needs_dev_kvm():
     f = parse_facts("vendor=kvm_amd\ndev_kvm=0\nnested=\ntdp_mmu=\n")
     assert f.vendor == ""
     problems = f.problems(MODES["tdp_mmu"])
     assert any("/dev/kvm missing" in p for p in problems) and any("neither kvm_amd" in p for p in problems)
+
+
+# 6.1.192 in shadow mode (kvm_amd.npt=0), as its guest printed it: other log prefixes, and kvm.tdp_mmu
+# still Y (before 6.3 the parameter is the wish, not what is in effect).
+FACTS_AMD_SHADOW_6_1 = """vendor=kvm_amd
+dev_kvm=1
+nested=1
+tdp=0
+tdp_mmu=Y
+release=6.1.192+
+cpus=2
+kvm_line=[    0.817540] kvm: no hardware support for 'kvm_intel'
+kvm_line=[    0.825521] kvm: Nested Virtualization enabled
+kvm_line=[    0.825729] SVM: kvm: Nested Paging disabled
+"""
+
+
+def test_facts_of_a_6_1_guest():
+    f = parse_facts(FACTS_AMD_SHADOW_6_1)
+    assert f.vendor == "kvm_amd" and f.tdp == "N" and f.tdp_mmu == "N"
+    assert f.problems(MODES["shadow"]) == []
+    legacy = parse_facts(FACTS_AMD_SHADOW_6_1.replace("tdp=0", "tdp=1").replace("tdp_mmu=Y", "tdp_mmu=N"))
+    assert legacy.problems(MODES["tdp_legacy"]) == []
+    tdp_mmu = parse_facts(FACTS_AMD_SHADOW_6_1.replace("tdp=0", "tdp=1"))
+    assert tdp_mmu.tdp_mmu == "Y" and tdp_mmu.problems(MODES["tdp_mmu"]) == []
 
 
 def test_plan_has_three_log_modes_and_perf_per_mode():
