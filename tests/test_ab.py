@@ -118,7 +118,7 @@ def test_report_files(tmp_path):
 
 def test_ab_usage_errors_are_exit_2_before_any_work(tmp_path):
     args = ["ab", "--results", str(tmp_path)]
-    assert main([*args, "--runs", "1"]) == 2
+    assert main([*args, "--runs", "2"]) == 2
     assert main([*args, "--iterations", "1"]) == 2
     assert main([*args, "--sizes", "256K"]) == 2
     assert main([*args, "--vcpus", "0"]) == 2

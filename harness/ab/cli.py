@@ -18,7 +18,8 @@ from .run import ABRequest
 # The series' kernel patches alone: no selftest (dirty_log_perf_test is upstream's), no instrumentation.
 DEFAULT_PATCHED = DEFAULT_LIST.parent / "fast-write-protect-6.12"
 DEFAULT_MODES = "shadow,tdp_legacy"   # the modes that reach the patched code
-DEFAULT_SIZES = "128M,256M,512M"      # TCG populates ~16 MiB/s in L2: 512M is a minute a run
+DEFAULT_SIZES = "128M,256M,512M,1G"   # TCG populates ~30 MiB/s in L2: a 1G point is ~90 s a run
+DEFAULT_RUNS = 4                       # even, for ABBA; stats.py says what 3, 4 and 5 a side cost in false alarms
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -38,7 +39,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated MMU modes (of {', '.join(MODES)})")
     g.add_argument("--sizes", default=DEFAULT_SIZES, help="guest memory per vCPU, comma-separated (M or G)")
     g.add_argument("--vcpus", default="1", help="vCPU counts, comma-separated")
-    g.add_argument("--runs", type=int, default=3, help="boots per kernel (each runs every point once)")
+    g.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                   help="boots per kernel, at least 3 (each runs every point once)")
     g.add_argument("--iterations", type=int, default=3, help="dirty_log_perf_test -i (at least 2)")
     g.add_argument("--max-ratio", action="append", default=[], metavar="PHASE=R",
                    help="exit 1 when a phase's patched/base ratio is significantly above R (a CI gate)")
@@ -64,8 +66,9 @@ def _ints(text: str, what: str) -> list[int]:
 
 def request_from(args: argparse.Namespace) -> ABRequest:
     """The ABRequest, every input checked (UsageError naming the option otherwise)."""
-    if args.runs < 2:
-        raise UsageError(f"--runs must be at least 2 (a ratio's interval needs two samples a side): {args.runs}")
+    if args.runs < 3:
+        raise UsageError(f"--runs must be at least 3 (with two samples a side a third of the ratios that do not "
+                         f"differ would be called significant: harness/ab/stats.py): {args.runs}")
     if args.iterations < 2:
         raise UsageError(f"--iterations must be at least 2 (the first dirty iteration is a phase of its own): "
                          f"{args.iterations}")

@@ -42,7 +42,7 @@ class ABRequest:
     modes: list[str]
     sizes: list[int]
     vcpus: list[int] = field(default_factory=lambda: [1])
-    runs: int = 3
+    runs: int = 4
     iterations: int = 3
     max_ratio: dict[str, float] = field(default_factory=dict)
     results_root: Path = Path("results")

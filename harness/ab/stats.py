@@ -5,9 +5,10 @@ the ratio of the medians, with a percentile bootstrap confidence interval (scipy
 two kernels resampled independently); a ratio is significant only where its interval excludes 1. With
 three samples a side the interval of a median ratio reaches from about min/max to max/min, so only
 samples that do not overlap at all are called different, which two kernels that do not differ do by
-chance one time in ten (2 of the 20 orders of six samples): measured on 200 synthetic experiments
-without a difference (tests/test_ab.py), 3 a side called 19 significant, 5 a side called 5. Use
---runs 5 where a 10% false alarm matters (a CI gate).
+chance one time in ten (2 of the 20 orders of six samples). Measured on 200 synthetic experiments
+without a difference (tests/test_ab.py's draws): 2 a side called 69 significant (so `ab` wants 3 or
+more), 3 a side 19, 4 a side 12 (`ab`'s default), 5 a side 5. Use --runs 5 or more where a false alarm
+matters (a CI gate).
 """
 
 from __future__ import annotations
