@@ -53,6 +53,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     d, plan = RunRequest(), WorkloadPlan()
     g = p.add_argument_group("kernel")
     g.add_argument("--tree", type=Path, help="build from this kernel git tree (its HEAD; never modified)")
+    g.add_argument("--ref", default=d.tree_ref, help="with --tree: build this branch, tag or commit instead of HEAD")
     g.add_argument("--tarball", type=Path, default=d.tarball,
                    help="kernel source tarball (default: Debian's linux-source-6.12)")
     g.add_argument("--series", type=Path, action="append", default=None, metavar="DIR|MBOX",
@@ -104,7 +105,7 @@ def request_from(args: argparse.Namespace) -> RunRequest:
     else:
         dirs = load_default_list() if DEFAULT_LIST.exists() else []
     return RunRequest(
-        tarball=args.tarball, tree=args.tree, series_dirs=dirs,
+        tarball=args.tarball, tree=args.tree, tree_ref=args.ref, series_dirs=dirs,
         config=ConfigRequest(args.config_base, list(args.config)),
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
         results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,

@@ -71,7 +71,7 @@ def prepare(req: PrepareRequest, series: list[series_mod.Series], log_dir: Path,
     """
     root = cache.cache_root()
     t0 = time.monotonic()
-    ws = source.from_tree(req.tree, root) if req.tree else source.from_tarball(req.tarball, root)
+    ws = source.from_tree(req.tree, root, req.tree_ref) if req.tree else source.from_tarball(req.tarball, root)
     if on_source is not None:
         on_source(ws.identity)
     b = build_mod.build(build_mod.BuildRequest(ws, series, req.config), root, log_dir / "build.log")

@@ -26,6 +26,7 @@ class PrepareRequest:
 
     tarball: Path = source.DEFAULT_TARBALL
     tree: Path | None = None
+    tree_ref: str = "HEAD"      # the commit of `tree` built (a branch, tag or id); the checkout is never used
     series_dirs: list[Path] = field(default_factory=list)
     config: kconfig.ConfigRequest = field(default_factory=lambda: kconfig.ConfigRequest("trim"))
     accel: str = "auto"
@@ -79,7 +80,9 @@ def validate_modes(modes: list[str]) -> None:
 def validate_prepare(req: PrepareRequest) -> list[series_mod.Series]:
     """The build's inputs; returns the series, loaded (each patch read and hashed), in apply order."""
     if req.tree is not None:
-        source.check_tree(req.tree)
+        source.check_tree(req.tree, req.tree_ref)
+    elif req.tree_ref != "HEAD":
+        raise UsageError(f"--ref {req.tree_ref} names a commit of a git tree: give the tree with --tree")
     else:
         source.check_tarball(req.tarball)
     series = [series_mod.load_series(d) for d in req.series_dirs]

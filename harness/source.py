@@ -94,12 +94,16 @@ def check_tarball(tarball: Path) -> None:
         raise UsageError(f"kernel source tarball not found: {tarball}{hint}")
 
 
-def check_tree(tree: Path) -> None:
+def check_tree(tree: Path, ref: str = "HEAD") -> None:
+    """A kernel git tree with `ref` (a branch, tag or commit) in it; a UsageError naming what is wrong."""
     if not tree.is_dir():
         raise UsageError(f"kernel tree not found: {tree}")
     r = proc.run(["git", "-C", str(tree), "rev-parse", "--verify", "HEAD^{commit}"])
     if r.returncode != 0:
         raise UsageError(f"kernel tree is not a git repository with a commit: {tree}")
+    if ref != "HEAD" and proc.run(["git", "-C", str(tree), "rev-parse", "--verify", "-q",
+                                   f"{ref}^{{commit}}"]).returncode != 0:
+        raise UsageError(f"kernel tree {tree} has no commit {ref!r} (a branch, tag or commit id)")
     if not (tree / "Makefile").is_file() or not (tree / "arch" / "x86").is_dir():
         raise UsageError(f"{tree} does not look like a Linux kernel tree (no Makefile or arch/x86)")
 
@@ -174,14 +178,16 @@ def _reclone(tree: Path, entry: Path, why: str) -> None:
         os.replace(fresh, entry / "src")
 
 
-def from_tree(tree: Path, root: Path) -> Workspace:
+def from_tree(tree: Path, root: Path, ref: str = "HEAD") -> Workspace:
+    """The harness's workspace of `tree` at `ref` (default HEAD): a --shared clone in the cache, the commit
+    fetched into it; the user's checkout, index and refs are never touched."""
     tree = tree.resolve()
-    check_tree(tree)
-    commit = proc.run(["git", "-C", str(tree), "rev-parse", "HEAD"]).stdout.strip()
-    describe = proc.run(["git", "-C", str(tree), "describe", "--always", "--tags", "HEAD"]).stdout.strip()
+    check_tree(tree, ref)
+    commit = proc.run(["git", "-C", str(tree), "rev-parse", f"{ref}^{{commit}}"]).stdout.strip()
+    describe = proc.run(["git", "-C", str(tree), "describe", "--always", "--tags", commit]).stdout.strip()
     # --no-optional-locks: plain `git status` would refresh (rewrite) the user's index.
-    dirty = bool(proc.run(["git", "--no-optional-locks", "-C", str(tree), "status", "--porcelain",
-                           "--untracked-files=no"]).stdout.strip())
+    dirty = ref == "HEAD" and bool(proc.run(["git", "--no-optional-locks", "-C", str(tree), "status",
+                                             "--porcelain", "--untracked-files=no"]).stdout.strip())
     if dirty:
         log.warning("%s has uncommitted changes: they are NOT built (the harness builds HEAD %s)",
                     tree, commit[:12])
@@ -201,6 +207,6 @@ def from_tree(tree: Path, root: Path) -> Workspace:
     # The version of the commit that is built, not of the user's work tree.
     version = version_from_makefile(proc.run(["git", "-C", str(tree), "show", f"{commit}:Makefile"]).stdout)
     ws = Workspace(src=entry / "src", obj=entry / "obj", lock=entry / "workspace.lock", base_commit=commit)
-    ws.identity = {"kind": "tree", "tree": str(tree), "commit": commit, "describe": describe,
+    ws.identity = {"kind": "tree", "tree": str(tree), "ref": ref, "commit": commit, "describe": describe,
                    "dirty": dirty, "version": version}
     return ws

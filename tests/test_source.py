@@ -47,6 +47,23 @@ def test_tree_is_cloned_not_touched(tmp_path, user_tree):
     assert ws.src.is_relative_to(tmp_path / "cache")
 
 
+def test_a_ref_other_than_head_is_built_and_the_checkout_left_alone(tmp_path, user_tree):
+    base = _git(user_tree, "rev-parse", "HEAD")
+    _git(user_tree, "checkout", "-q", "-b", "next")
+    (user_tree / "arch/x86/kvm/mmu.c").write_text("int z;\n")
+    _git(user_tree, "commit", "-q", "-am", "next")
+    (user_tree / "arch/x86/kvm/mmu.c").write_text("int w; /* uncommitted, on next */\n")
+    before = _fingerprint(user_tree)
+    ws = source.from_tree(user_tree, tmp_path / "cache", "v6.13-rc1")
+    assert _fingerprint(user_tree) == before
+    assert ws.identity["commit"] == base and ws.identity["ref"] == "v6.13-rc1" and ws.identity["dirty"] is False
+    ws.reset()
+    assert (ws.src / "arch/x86/kvm/mmu.c").read_text() == "int x;\n"
+    assert source.from_tree(user_tree, tmp_path / "cache", "next").identity["commit"] != base
+    with pytest.raises(UsageError, match="has no commit 'no-such-branch'"):
+        source.check_tree(user_tree, "no-such-branch")
+
+
 def test_a_workspace_whose_borrowed_objects_were_pruned_is_rebuilt(tmp_path, user_tree, caplog):
     """Issue 13 item 5: the user rebases and git gc prunes the old commits the --shared clone borrowed; the
     next run rebuilds the workspace (saying so, keeping the O= build directory) instead of failing forever."""
