@@ -1,4 +1,4 @@
-"""kvm-harness command line: boot-test, shell and ab (make boot-test, make shell, make ab).
+"""kvm-harness command line: boot-test, shell, ab and nightly (make boot-test, make shell, make ab).
 
 Exit codes (harness/errors.py): 0 all passed, 1 a test failed,
 2 usage, 3 patch apply, 4 all skipped, 5 config, 6 build, 7 boot,
@@ -20,6 +20,8 @@ from .ab import run as ab_run
 from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError, Interrupted, UsageError
 from .kconfig import BASES, ConfigRequest
 from .modes import MODES
+from .nightly import plan as nightly_plan
+from .nightly import run as nightly_run
 from .request import RunRequest
 from .series import DEFAULT_LIST, load_default_list
 from .workloads import WorkloadPlan, parse_workload_cmd
@@ -129,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ab = sub.add_parser("ab", help="base against patched: dirty_log_perf_test on both, interleaved; ratios, "
                                    "intervals, plots")
     ab_cli.add_options(ab)
+    ni = sub.add_parser("nightly", help="every combination of a plan (trees x series x configs), compared with "
+                                        "the previous night")
+    ni.add_argument("--plan", type=Path, required=True, help="the plan (TOML: harness/nightly/plan.py)")
+    ni.add_argument("--results", type=Path, default=Path("results"),
+                    help="results root: history.sqlite and nights/ (default ./results)")
+    ni.add_argument("-v", "--verbose", action="store_true", help="log every command line")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "shell":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             return shell.run(request_from(args), args.mode, args.keep, cmd)
+        if args.command == "nightly":
+            return nightly_run.run(nightly_plan.load(args.plan), args.results)
         if args.command == "ab":
             return ab_run.run(ab_cli.request_from(args), argv[1:])
     except HarnessError as e:

@@ -1,0 +1,129 @@
+"""`kvm-harness nightly --plan PLAN.toml`: every combination of the plan, once, through the library
+(pipeline.boot_test: one build per (source, series, config) key, cache-shared), each recorded in the
+history and compared with the previous run of the same combination (changes.py).
+
+Layout: <results>/history.sqlite, and per night <results>/nights/<stamp>/{runs/<one run directory per
+combination>, kcidb.json (one submission: every combination's tests, each with its change in misc),
+summary.md}.
+
+Exit code: 1 if any test regressed; 8 if no combination ran a single test (the night itself failed);
+0 otherwise. Flaky tests, fixes, apply errors and harness errors are in the summary, never in the code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import pipeline
+from ..errors import EXIT_INFRA, EXIT_TEST_FAILED
+from ..kconfig import ConfigRequest
+from ..request import RunRequest
+from ..workloads import WorkloadPlan
+from . import changes as changes_mod
+from .history import History
+from .plan import PLAIN, Combination, Plan
+
+log = logging.getLogger("kvm-harness")
+
+
+def request_for(plan: Plan, combo: Combination, runs_dir: Path) -> tuple[RunRequest, list[str]]:
+    """The boot-test request of one combination, and the argv that reproduces it by hand."""
+    req = RunRequest(tree=combo.tree.path, tree_ref=combo.tree.ref, series_dirs=list(combo.series.paths),
+                     config=ConfigRequest("trim", list(combo.config.fragments)), modes=list(plan.modes),
+                     results_root=runs_dir, plan=WorkloadPlan(only=plan.only))
+    argv = ["boot-test", "--tree", str(combo.tree.path), "--ref", combo.tree.ref]
+    argv += [a for p in combo.series.paths for a in ("--series", str(p))] or ["--no-series"]
+    argv += [a for f in combo.config.fragments for a in ("--config", str(f))]
+    argv += ["--modes", ",".join(plan.modes), *[a for o in plan.only for a in ("--only", o)]]
+    return req, argv + ["--results", str(runs_dir)]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def merge_kcidb(docs: list[tuple[str, dict[str, Any]]], changes: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """One KCIDB submission of a night from each combination's results.json: their checkouts, builds and
+    tests together, each test's change (regression, fix, flaky, ...) and combination in its misc."""
+    out: dict[str, Any] = {"version": {"major": 4, "minor": 3}, "checkouts": [], "builds": [], "tests": []}
+    for combo, doc in docs:
+        if "version" in doc:
+            out["version"] = doc["version"]
+        out["checkouts"] += doc.get("checkouts", [])
+        out["builds"] += doc.get("builds", [])
+        for t in doc.get("tests", []):
+            t.setdefault("misc", {})["nightly"] = {"combination": combo,
+                                                   "change": changes.get(combo, {}).get(t.get("path", ""), "same")}
+            out["tests"].append(t)
+    return out
+
+
+def summary(stamp: str, rows: list[dict[str, Any]]) -> str:
+    """summary.md: per combination, its outcome and every test that changed."""
+    lines = [f"# kvm-harness nightly {stamp}", "", "| combination | commit | status | exit | regressions | fixes "
+             "| flaky | run |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        by = {k: [p for p, c in r["changes"].items() if c == k] for k in ("regression", "fix", "flaky")}
+        lines.append(f"| {r['combo']} | {r['describe'] or '-'} | {r['status']} | {r['exit_code']} "
+                     f"| {len(by['regression'])} | {len(by['fix'])} | {len(by['flaky'])} | {r['run_dir']} |")
+    for r in rows:
+        changed = {p: c for p, c in r["changes"].items() if c not in ("same", "new")}
+        if r["error"] or changed:
+            lines += ["", f"## {r['combo']}", ""]
+            if r["error"]:
+                lines.append(f"- {r['error']['kind']} error: {r['error']['message']}")
+            lines += [f"- {c}: {p}" for p, c in sorted(changed.items())]
+    return "\n".join(lines) + "\n"
+
+
+def run(plan: Plan, results_root: Path) -> int:
+    """One night: every combination, recorded; the exit code of the module docstring."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    night_dir = results_root / "nights" / stamp
+    (night_dir / "runs").mkdir(parents=True)
+    history = History(results_root / "history.sqlite")
+    night_id = history.start_night(stamp, plan.path, time.time(), night_dir)
+    rows, docs, all_changes = [], [], {}
+    code = EXIT_INFRA   # until the night is through
+    try:
+        for combo in plan.combinations():
+            log.info("nightly: %s (%s at %s)", combo.key, combo.tree.path, combo.tree.ref)
+            req, argv = request_for(plan, combo, night_dir / "runs")
+            slug = re.sub(r"[^A-Za-z0-9._-]", "_", combo.key.replace("/", "-"))
+            outcome = pipeline.boot_test(req, argv, label=f"nightly-{slug}")
+            meta = _read(outcome.run_dir / "metadata.json")
+            meta["run_dir"] = str(outcome.run_dir)
+            tests = _read(outcome.run_dir / "harness-results.json").get("results", [])
+            inputs = changes_mod.inputs_key(meta)
+            prev = history.previous(combo.key)
+            current = {t["path"]: changes_mod.Observed(t["status"], bool(t.get("evidence", {}).get("flaky")))
+                       for t in tests}
+            ch = changes_mod.classify(prev.statuses if prev else None, prev.inputs if prev else None, current, inputs)
+            history.record_run(night_id, combo.key, meta, inputs, tests, ch)
+            all_changes[combo.key] = ch
+            docs.append((combo.key, _read(outcome.run_dir / "results.json")))
+            rows.append({"combo": combo.key, "describe": (meta.get("source") or {}).get("describe"),
+                         "status": outcome.status, "exit_code": outcome.exit_code, "error": outcome.error,
+                         "changes": ch, "run_dir": outcome.run_dir.name, "tests": len(tests),
+                         "plain": combo.series == PLAIN})
+        (night_dir / "kcidb.json").write_text(json.dumps(merge_kcidb(docs, all_changes), indent=1) + "\n")
+        text = summary(stamp, rows)
+        (night_dir / "summary.md").write_text(text)
+        print(text)
+        regressions = sum(c == "regression" for ch in all_changes.values() for c in ch.values())
+        code = EXIT_TEST_FAILED if regressions else (EXIT_INFRA if not any(r["tests"] for r in rows) else 0)
+        print(f"kvm-harness nightly: {len(rows)} combination(s), {regressions} regression(s); exit {code}; "
+              f"{night_dir}")
+        return code
+    finally:
+        history.finish_night(night_id, time.time(), code)
+        history.close()
