@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from .errors import UsageError
 
@@ -103,3 +104,26 @@ def write_json(path: Path, data: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
+
+
+# Entries this process uses: their .use files stay open with a shared flock until it exits, so that
+# `kvm-harness cache prune` (prune.py), which takes the exclusive flock, never removes them under it.
+_HELD: dict[Path, IO[str]] = {}
+
+
+def use_file(entry: Path) -> Path:
+    """The sibling `.NAME.use` of a cache entry: its mtime is the entry's last use, its flock the hold."""
+    return entry.parent / f".{entry.name}.use"
+
+
+def hold(entry: Path) -> bool:
+    """Mark `entry` used now and hold it (shared) until this process exits. Returns whether the entry still
+    exists once held: a prune that had it locked may have removed it meanwhile (the caller then rebuilds)."""
+    u = use_file(entry)
+    if u not in _HELD:
+        u.parent.mkdir(parents=True, exist_ok=True)
+        f = open(u, "a")  # noqa: SIM115 - kept open on purpose: the flock lives as long as the process
+        fcntl.flock(f, fcntl.LOCK_SH)
+        _HELD[u] = f
+    os.utime(u)
+    return entry.exists()

@@ -11,10 +11,11 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
-from . import pipeline, proc, shell
+from . import cache, cache_entries, pipeline, proc, shell
 from .ab import cli as ab_cli
 from .ab import run as ab_run
 from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError, Interrupted, UsageError
@@ -116,6 +117,22 @@ def request_from(args: argparse.Namespace) -> RunRequest:
                           only=tuple(args.only), commands=tuple(parse_workload_cmd(w) for w in args.workload_cmd)))
 
 
+def cache_command(action: str, max_age: float | None, max_size: str | None) -> int:
+    """`kvm-harness cache list|prune`: 0, or 2 for a usage error (raised)."""
+    root = cache.cache_root()
+    if action == "list":
+        print(cache_entries.table(cache_entries.entries(root), time.time()))
+        return 0
+    removed, held = cache_entries.prune(root, max_age, max_size)
+    for e in removed:
+        print(f"removed {e.kind} {cache_entries.human(e.size)} {e.path}")
+    for e in held:
+        print(f"kept {e.kind} {e.path}: a running harness holds it")
+    print(f"kvm-harness cache: freed {cache_entries.human(sum(e.size for e in removed))}; "
+          f"{len(held)} held entr{'y' if len(held) == 1 else 'ies'} kept")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="kvm-harness", description=__doc__,
@@ -137,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ni.add_argument("--results", type=Path, default=Path("results"),
                     help="results root: history.sqlite and nights/ (default ./results)")
     ni.add_argument("-v", "--verbose", action="store_true", help="log every command line")
+    ca = sub.add_parser("cache", help="list the cache's entries, or prune them by age and size")
+    ca.add_argument("action", choices=("list", "prune"))
+    ca.add_argument("--max-age", type=float, metavar="DAYS", help="prune: entries unused for longer")
+    ca.add_argument("--max-size", metavar="SIZE", help="prune: least recently used first until the cache fits (40G)")
+    ca.add_argument("-v", "--verbose", action="store_true", help="log every command line")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -161,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "shell":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             return shell.run(request_from(args), args.mode, args.keep, cmd)
+        if args.command == "cache":
+            return cache_command(args.action, args.max_age, args.max_size)
         if args.command == "nightly":
             return nightly_run.run(nightly_plan.load(args.plan), args.results)
         if args.command == "ab":

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from . import build as build_mod
 from . import cache, proc, source
@@ -20,6 +21,7 @@ from . import series as series_mod
 from . import vm as vm_mod
 from .request import PrepareRequest
 
+T = TypeVar("T")
 
 @dataclass
 class Prepared:
@@ -71,20 +73,34 @@ def prepare(req: PrepareRequest, series: list[series_mod.Series], log_dir: Path,
     """
     root = cache.cache_root()
     t0 = time.monotonic()
-    ws = source.from_tree(req.tree, root, req.tree_ref) if req.tree else source.from_tarball(req.tarball, root)
+    # Each cache entry this run uses is held until the process exits (cache.hold): `kvm-harness cache
+    # prune` skips it. One that a prune removed just before the hold is made again.
+    ws = _held(lambda: source.from_tree(req.tree, root, req.tree_ref) if req.tree
+               else source.from_tarball(req.tarball, root), lambda w: w.src.parent)
     if on_source is not None:
         on_source(ws.identity)
-    b = build_mod.build(build_mod.BuildRequest(ws, series, req.config), root, log_dir / "build.log")
+    b = _held(lambda: build_mod.build(build_mod.BuildRequest(ws, series, req.config), root, log_dir / "build.log"),
+              lambda b: b.dir)
     build_s = round(time.monotonic() - t0, 1)
     record_build(b, log_dir, built_here=not b.cached)
     t1 = time.monotonic()
     img = image_mod.build_image(root)
-    initrd = image_mod.initrd_for(img, b, root)
+    cache.hold(img.dir)
+    initrd = _held(lambda: image_mod.initrd_for(img, b, root), lambda p: p)
     image_s = round(time.monotonic() - t1, 1)
     proc.check_interrupted()
     if accel is None:
         accel = vm_mod.choose_accel(req.accel)
     return Prepared(b, initrd, img, accel, vm_mod.qemu_version(), dict(ws.identity), build_s, image_s)
+
+
+def _held(make: Callable[[], T], entry: Callable[[T], Path]) -> T:
+    """make(), held in the cache; made once more if a prune removed it before the hold took."""
+    made = make()
+    if not cache.hold(entry(made)):
+        made = make()
+        cache.hold(entry(made))
+    return made
 
 
 def record_build(b: build_mod.BuildResult, log_dir: Path, built_here: bool) -> None:

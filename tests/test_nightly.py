@@ -66,6 +66,7 @@ def test_a_plan_gives_every_combination_plain_first(tmp_path):
     ('[[tree]]\npath = "linux"\n[[tree]]\npath = "linux"\n', "the name 'linux' is used twice"),
     ('[[tree]]\npath = "linux"\n[[series]]\nname = "plain"\npaths = ["linux"]\n', "the name 'plain' is used twice"),
     ('[[tree]]\npath = "linux"\n[[series]]\nname = "a b"\npaths = ["linux"]\n', "name 'a b' must be"),
+    ('cache_budget = "lots"\n[[tree]]\npath = "linux"\n', "cache_budget: a cache size is a number"),
 ])
 def test_a_bad_plan_is_one_line_naming_the_table(tmp_path, text, message):
     with pytest.raises(UsageError) as e:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cache_entries import parse_size
 from ..errors import UsageError
 from ..modes import DEFAULT_MODES, MODES
 
@@ -165,7 +166,12 @@ def load(path: Path) -> Plan:
         if m not in MODES:
             raise _err(path, f"modes: unknown MMU mode {m!r} (of {', '.join(MODES)})")
     budget = doc.get("cache_budget")
-    if budget is not None and not isinstance(budget, str):
-        raise _err(path, "cache_budget must be a size like \"40G\"")
+    if budget is not None:
+        if not isinstance(budget, str):
+            raise _err(path, "cache_budget must be a size like \"40G\"")
+        try:
+            parse_size(budget)
+        except UsageError as e:
+            raise _err(path, f"cache_budget: {e}") from None
     return Plan(path.resolve(), trees, series, configs or [ConfigSet("default")], modes,
                 tuple(_str_list(path, "only", doc.get("only", []))), budget)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import pipeline
+from .. import cache, cache_entries, pipeline
 from ..errors import EXIT_INFRA, EXIT_TEST_FAILED
 from ..kconfig import ConfigRequest
 from ..request import RunRequest
@@ -117,6 +117,11 @@ def run(plan: Plan, results_root: Path) -> int:
                          "plain": combo.series == PLAIN})
         (night_dir / "kcidb.json").write_text(json.dumps(merge_kcidb(docs, all_changes), indent=1) + "\n")
         text = summary(stamp, rows)
+        if plan.cache_budget:
+            # This night's workspaces, builds and images are held by this process: they stay.
+            removed, held = cache_entries.prune(cache.cache_root(), None, plan.cache_budget)
+            text += (f"\nCache pruned to {plan.cache_budget}: {len(removed)} entries removed "
+                     f"({cache_entries.human(sum(e.size for e in removed))}), {len(held)} in use kept.\n")
         (night_dir / "summary.md").write_text(text)
         print(text)
         regressions = sum(c == "regression" for ch in all_changes.values() for c in ch.values())
