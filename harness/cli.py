@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from . import cache, cache_entries, pipeline, proc, shell
+from . import cache, cache_entries, pipeline, proc, shell, walk
 from .ab import cli as ab_cli
 from .ab import run as ab_run
 from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError, Interrupted, UsageError
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ni.add_argument("--results", type=Path, default=Path("results"),
                     help="results root: history.sqlite and nights/ (default ./results)")
     ni.add_argument("-v", "--verbose", action="store_true", help="log every command line")
+    wk = sub.add_parser("walk", help="build and test each prefix of a series: the first patch that goes wrong")
+    add_run_options(wk)
     ca = sub.add_parser("cache", help="list the cache's entries, or prune them by age and size")
     ca.add_argument("action", choices=("list", "prune"))
     ca.add_argument("--max-age", type=float, metavar="DAYS", help="prune: entries unused for longer")
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "shell":
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             return shell.run(request_from(args), args.mode, args.keep, cmd)
+        if args.command == "walk":
+            return walk.run(request_from(args), argv)
         if args.command == "cache":
             return cache_command(args.action, args.max_age, args.max_size)
         if args.command == "nightly":

@@ -11,6 +11,7 @@ PACKAGES=(
     linux-source-6.1                      # a kernel of another age (tests/test_integration_old_kernel.py)
     build-essential bc bison flex libelf-dev libssl-dev ccache cpio xz-utils kmod rsync git
     python3 python3-venv
+    chromium                              # the tests render the nightly's HTML page in it (headless)
 )
 # The guest initramfs's programs (vm-images/packages: `<package> <program>...`); trace-cmd also reads
 # the captured trace.dat on the host.

@@ -7,8 +7,10 @@ plain tree is still tested. Night two, nothing changed: every test the same, no 
 """
 
 import json
+import re
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 from kcidb_io.schema import V4_3
@@ -70,3 +72,25 @@ def test_a_second_night_without_changes_has_no_regression(nights):
     last = db.execute("SELECT MAX(id) FROM runs WHERE combo = 'debian-6.1/plain/default'").fetchone()[0]
     changes = dict(db.execute("SELECT path, change FROM tests WHERE run_id = ?", (last,)).fetchall())
     assert changes == {"kvm.tdp_mmu.boot": "same", "kvm.tdp_mmu.dirty_log_perf_test": "same"}
+
+
+def test_the_history_page_renders_in_a_real_browser(nights):
+    _, _, results = nights
+    page = results / "index.html"
+    assert page.exists()
+    browser = "/usr/bin/chromium"   # Debian's package, installed by scripts/setup.sh
+    assert Path(browser).exists(), "chromium is missing: run scripts/setup.sh"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert '<table id="history">' in html and html.count('class="night"') == 2
+    assert html.count('data-test="debian-6.1/plain/default:kvm.tdp_mmu.boot"') == 1
+    assert html.count('class="cell PASS new"') == 2 and html.count('class="cell PASS same"') == 2
+    # every cell links to its run directory, relative to the page, and the directory is there
+    for href in re.findall(r'<td class="cell [^"]*"[^>]*><a href="([^"]+)"', html):
+        assert not href.startswith("/") and (results / href).is_dir(), href
+    shot = results / "index.png"
+    r = subprocess.run([*flags, "--window-size=1280,600", f"--screenshot={shot}", page.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000

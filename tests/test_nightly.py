@@ -7,7 +7,7 @@ import pytest
 from kcidb_io.schema import V4_3
 
 from harness.errors import UsageError
-from harness.nightly import changes, plan
+from harness.nightly import changes, page, plan
 from harness.nightly.changes import Observed, classify, inputs_key
 from harness.nightly.history import History
 from harness.nightly.run import merge_kcidb, request_for, summary
@@ -118,6 +118,12 @@ def test_history_keeps_runs_and_compares_with_the_last_of_the_combination(tmp_pa
     assert [g["night"] for g in grid] == ["n1", "n2"]
     assert grid[1]["tests"]["t/plain/default:kvm.shadow.dirty_log_perf_test"]["change"] == "regression"
     assert h.previous("t/plain/default").statuses["kvm.shadow.dirty_log_perf_test"] == "FAIL"
+    # the page: tests by nights, the regression marked, links relative to the page
+    html = page.render(tmp_path / "plan.toml", grid, Path("/r"))
+    assert html.count('class="cell PASS same"') + html.count('class="cell PASS new"') == 3
+    assert 'class="cell FAIL regression" data-change="regression"' in html and "FAIL R</a>" in html
+    assert 'href="1/"' in html and "<script" not in html
+    assert page.render(tmp_path / "plan.toml", [], Path("/r")).count("<tr") == 1
 
 
 def test_one_kcidb_submission_per_night_with_the_changes():

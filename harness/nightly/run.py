@@ -25,6 +25,7 @@ from ..kconfig import ConfigRequest
 from ..request import RunRequest
 from ..workloads import WorkloadPlan
 from . import changes as changes_mod
+from . import page
 from .history import History
 from .plan import PLAIN, Combination, Plan
 
@@ -123,6 +124,8 @@ def run(plan: Plan, results_root: Path) -> int:
             text += (f"\nCache pruned to {plan.cache_budget}: {len(removed)} entries removed "
                      f"({cache_entries.human(sum(e.size for e in removed))}), {len(held)} in use kept.\n")
         (night_dir / "summary.md").write_text(text)
+        html = page.write(results_root / "index.html", plan.path, history.grid(plan.path))
+        text += f"\nHistory page: {html}\n"
         print(text)
         regressions = sum(c == "regression" for ch in all_changes.values() for c in ch.values())
         code = EXIT_TEST_FAILED if regressions else (EXIT_INFRA if not any(r["tests"] for r in rows) else 0)

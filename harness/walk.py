@@ -1,0 +1,165 @@
+"""`kvm-harness walk`: which patch of a series breaks it. Builds and tests prefixes of the series (patches
+1..k) through the library (prepare + pipeline.boot_test), and names the first k at which the patch does
+not apply, the build, the boot, a workload or a consistency check goes wrong, or says that none does.
+
+The base (k = 0) is run first: a base that already fails blames no patch. Up to LINEAR_MAX patches are
+walked in order, stopping at the first bad one; longer series are bisected (which assumes that once bad,
+every longer prefix is bad too, as git bisect does). Every prefix builds in the same workspace with the
+same O= directory and ccache, so a step recompiles only what its patch touched: the report gives each
+step's build time next to the base's.
+
+A series given as one mbox is split into its mails (git mailsplit) so that each mail is a step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import cache, pipeline, proc
+from . import series as series_mod
+from . import vm as vm_mod
+from .errors import EXIT_OK, EXIT_SKIPPED, EXIT_TEST_FAILED, HarnessError, Interrupted, UsageError
+from .prepare import prepare
+from .request import RunRequest, validate_prepare
+from .results import TestResult
+
+log = logging.getLogger("kvm-harness")
+LINEAR_MAX = 8
+
+
+@dataclass
+class Step:
+    """Prefix k of the series (k patches applied) and what became of it."""
+
+    k: int
+    patch: str                 # the k-th patch's name ("" for the base)
+    exit_code: int
+    stage: str                 # "" when good; else apply, config, build, boot, test, infra, usage
+    reason: str
+    build_s: float = 0.0
+    build_cached: bool = False
+    run_dir: str = ""
+
+    @property
+    def good(self) -> bool:
+        return self.exit_code in (EXIT_OK, EXIT_SKIPPED)
+
+
+def stage_of(exit_code: int, error_kind: str | None, results: list[TestResult]) -> tuple[str, str]:
+    """Where a step went wrong, from its run: (stage, one-line reason); ("", "") when it did not."""
+    if exit_code in (EXIT_OK, EXIT_SKIPPED):
+        return "", ""
+    if error_kind:
+        return error_kind, ""
+    bad = next((r for r in results if r.status == "FAIL"), None) or next(
+        (r for r in results if r.status == "ERROR"), None)
+    if bad is None:
+        return "test", f"exit {exit_code}"
+    return ("consistency" if bad.path.endswith(".consistency") else "test"), f"{bad.path}: {bad.reason}"
+
+
+def first_bad(n: int, is_good: Callable[[int], bool]) -> int | None:
+    """The smallest k in 1..n with is_good(k) False, given is_good(0) is True; None if is_good(n) holds.
+    Walks k = 1, 2, ... for n <= LINEAR_MAX, else bisects (is_good must then be monotonic)."""
+    if n <= LINEAR_MAX:
+        return next((k for k in range(1, n + 1) if not is_good(k)), None)
+    if is_good(n):
+        return None
+    lo, hi = 0, n          # is_good(lo), not is_good(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if is_good(mid):
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def flatten(series: list[series_mod.Series], split_dir: Path) -> list[series_mod.Patch]:
+    """Every patch in apply order; an mbox file becomes one patch per mail (git mailsplit into split_dir)."""
+    out: list[series_mod.Patch] = []
+    for s in series:
+        for p in s.patches:
+            if not series_mod.is_mbox(p.path):
+                out.append(p)
+                continue
+            dest = split_dir / f"{len(out):03d}-{p.path.stem}"
+            dest.mkdir(parents=True)
+            r = proc.run(["git", "mailsplit", "-b", "-o" + str(dest), str(p.path)])
+            if r.returncode != 0:
+                raise UsageError(f"git mailsplit {p.path} failed: {r.stderr.strip()[-300:]}")
+            mails = sorted(dest.iterdir())
+            if len(mails) == 1:
+                out.append(p)
+                continue
+            for mail in mails:
+                # a cover letter (no diff) would be a step that changes nothing
+                if "\ndiff --git " in mail.read_text(errors="replace"):
+                    out.append(series_mod.Patch(mail, cache.sha256_file(mail), p.strip,
+                                                f"{p.name} mail {int(mail.name)}"))
+    return out
+
+
+def run(req: RunRequest, argv: list[str]) -> int:
+    """Walk the series of `req` (its series_dirs) on its source; prints and writes walk.json; the exit code:
+    0 when no patch goes wrong, 1 when one does (named), the base's own code when the base fails."""
+    out = req.results_root / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-walk")
+    out.mkdir(parents=True)
+    loaded = validate_prepare(req)
+    patches = flatten(loaded, out / "mails")
+    if not patches:
+        raise UsageError("walk needs a series with at least one patch (--series)")
+    accel = vm_mod.choose_accel(req.accel)
+    steps: dict[int, Step] = {}
+
+    def step(k: int) -> Step:
+        if k in steps:
+            return steps[k]
+        name = patches[k - 1].name if k else ""
+        log.info("walk: %d of %d patches%s", k, len(patches), f" (up to {name})" if k else " (the base)")
+        prefix = [series_mod.Series(f"walk-{k}", out, tuple(patches[:k]))] if k else []
+        t0 = time.monotonic()
+        try:
+            prepared = prepare(replace(req, series_dirs=[]), prefix, out / f"step-{k}", accel)
+        except Interrupted:
+            raise
+        except HarnessError as e:
+            s = Step(k, name, e.exit_code, e.kind, str(e), round(time.monotonic() - t0, 1))
+        else:
+            o = pipeline.boot_test(req, argv, prepared=prepared, label=f"walk-{k}")
+            kind = o.error["kind"] if o.error else None
+            stage, why = stage_of(o.exit_code, str(kind) if kind else None, o.results)
+            reason = str(o.error["message"]) if o.error else why
+            s = Step(k, name, o.exit_code, stage, reason, prepared.build_s, prepared.build.cached, str(o.run_dir))
+        steps[k] = s
+        log.info("walk: %d patches: %s%s", k, "good" if s.good else f"bad ({s.stage})",
+                 "" if s.good else f": {s.reason}")
+        return s
+
+    base = step(0)
+    bad = None if not base.good else first_bad(len(patches), lambda k: step(k).good)
+    doc = {"command": ["kvm-harness", "walk", *argv], "patches": [p.name for p in patches],
+           "steps": [vars(s) for s in sorted(steps.values(), key=lambda s: s.k)],
+           "first_bad": bad, "first_bad_patch": patches[bad - 1].name if bad else None}
+    (out / "walk.json").write_text(json.dumps(doc, indent=1) + "\n")
+    for s in sorted(steps.values(), key=lambda s: s.k):
+        cached = " (cached)" if s.build_cached else ""
+        print(f"  {s.k:3d} {'good' if s.good else 'BAD ':4} build {s.build_s:6.1f}s{cached}"
+              f"  {s.patch or '(base)'}{'' if s.good else f'  [{s.stage}] {s.reason}'}")
+    builds = [s.build_s for s in steps.values() if s.k]
+    print(f"kvm-harness walk: {len(steps)} of {len(patches) + 1} prefixes run; build time of the patched steps "
+          f"{sum(builds):.0f} s in all (the base's: {base.build_s:.0f} s); {out / 'walk.json'}")
+    if not base.good:
+        print(f"kvm-harness walk: the base itself goes wrong ({base.stage}: {base.reason}): no patch to blame")
+        return base.exit_code
+    if bad is None:
+        print(f"kvm-harness walk: none of the {len(patches)} patches goes wrong")
+        return EXIT_OK
+    s = steps[bad]
+    print(f"kvm-harness walk: the first bad patch is {bad} of {len(patches)}, {s.patch}: {s.stage}: {s.reason}")
+    return EXIT_TEST_FAILED
