@@ -42,6 +42,12 @@ def test_results_json_is_valid_kcidb():
     doc = kcidb.render("run1", RESULTS, {"kind": "tarball", "sha256": "a" * 64}, build, {"summary": "tcg"}, "fail")
     kcidb_io.schema.V4_3.validate(json.loads(json.dumps(doc)))
     assert [t["status"] for t in doc["tests"]] == ["PASS", "FAIL", "ERROR", "SKIP"]
+    # what a tree could not check is in the submission itself (6.1 has no KVM_PROVE_MMU)
+    missing = ["CONFIG_KVM_PROVE_MMU: requested y, got not set (from checks.config); no such symbol in this tree's Kconfig"]
+    doc = kcidb.render("run1", RESULTS, {"kind": "tree", "commit": "e" * 40}, dict(build, unavailable_checks=missing),
+                       {}, "error")
+    kcidb_io.schema.V4_3.validate(json.loads(json.dumps(doc)))
+    assert doc["builds"][0]["misc"]["unavailable_checks"] == missing
 
 
 def test_kcidb_checkout_fields_are_what_the_schema_means():

@@ -62,7 +62,11 @@ def render(run_id: str, results: list[TestResult], source: dict[str, Any], build
     build_id = f"{ORIGIN}:{build.get('key')}"
     entry = {"id": build_id, "checkout_id": checkout_id, "origin": ORIGIN, "architecture": "x86_64",
              "config_name": build.get("config_base"), "compiler": "gcc", "valid": True,
-             "misc": {"kernel_release": build.get("kernel_release"), "durations_s": build.get("durations_s")}}
+             "misc": {"kernel_release": build.get("kernel_release"), "durations_s": build.get("durations_s"),
+                      # the checks this tree cannot have (6.1: no KVM_PROVE_MMU), and the harness settings a
+                      # user fragment overrode: a reader of the results must see what was not checked
+                      "unavailable_checks": build.get("unavailable_checks") or [],
+                      "config_overrides": build.get("config_overrides") or []}}
     out["builds"].append({k: v for k, v in entry.items() if v is not None})
     now = dt.datetime.now(dt.UTC).isoformat()
     for r in results:
