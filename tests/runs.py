@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import cache
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -22,3 +24,14 @@ def load_run(results: Path) -> tuple[dict, dict, Path]:
     run = (results / "latest").resolve()
     return (json.loads((run / "metadata.json").read_text()),
             json.loads((run / "harness-results.json").read_text()), run)
+
+
+def linux_6_1_tree() -> Path:
+    """Debian's linux-source-6.1 as a git tree in the cache (scripts/tree-from-linux-source.sh; made once,
+    then reused, with its workspace and build)."""
+    tree = cache.cache_root() / "trees" / "linux-source-6.1"
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run([str(REPO / "scripts" / "tree-from-linux-source.sh"), "6.1", str(tree)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert made.returncode == 0, f"the 6.1 tree (linux-source-6.1, installed by scripts/setup.sh): {made.stderr}"
+    return tree

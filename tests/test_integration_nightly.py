@@ -14,20 +14,14 @@ from pathlib import Path
 
 import pytest
 from kcidb_io.schema import V4_3
-from runs import REPO, kvm_harness
-
-from harness import cache
+from runs import REPO, kvm_harness, linux_6_1_tree
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
-    tree = cache.cache_root() / "trees" / "linux-source-6.1"
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run([str(REPO / "scripts" / "tree-from-linux-source.sh"), "6.1", str(tree)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert made.returncode == 0, f"the 6.1 tree (linux-source-6.1, installed by scripts/setup.sh): {made.stderr}"
+    tree = linux_6_1_tree()
     work = tmp_path_factory.mktemp("nightly")
     (work / "plan.toml").write_text(f"""
 modes = ["tdp_mmu"]

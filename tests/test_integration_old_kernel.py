@@ -8,23 +8,16 @@ cache, so its workspace and build are reused from run to run. A cold build here 
 """
 
 import json
-import subprocess
 
 import pytest
-from runs import REPO, kvm_harness, load_run
-
-from harness import cache
+from runs import kvm_harness, linux_6_1_tree, load_run
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def old_kernel(tmp_path_factory):
-    tree = cache.cache_root() / "trees" / "linux-source-6.1"
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run([str(REPO / "scripts" / "tree-from-linux-source.sh"), "6.1", str(tree)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    assert made.returncode == 0, f"the 6.1 tree (linux-source-6.1, installed by scripts/setup.sh): {made.stderr}"
+    tree = linux_6_1_tree()
     work = tmp_path_factory.mktemp("old-kernel")
     r = kvm_harness("boot-test", "--tree", str(tree), "--no-series", "--results", str(work / "results"), cwd=work)
     meta, res, run = load_run(work / "results")
