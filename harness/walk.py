@@ -124,6 +124,7 @@ def run(req: RunRequest, argv: list[str]) -> int:
         log.info("walk: %d of %d patches%s", k, len(patches), f" (up to {name})" if k else " (the base)")
         prefix = [series_mod.Series(f"walk-{k}", out, tuple(patches[:k]))] if k else []
         t0 = time.monotonic()
+        (out / f"step-{k}").mkdir()   # the step's build.log and .config
         try:
             prepared = prepare(replace(req, series_dirs=[]), prefix, out / f"step-{k}", accel)
         except Interrupted:
@@ -152,8 +153,9 @@ def run(req: RunRequest, argv: list[str]) -> int:
         print(f"  {s.k:3d} {'good' if s.good else 'BAD ':4} build {s.build_s:6.1f}s{cached}"
               f"  {s.patch or '(base)'}{'' if s.good else f'  [{s.stage}] {s.reason}'}")
     builds = [s.build_s for s in steps.values() if s.k]
+    base_note = "the base came from the cache" if base.build_cached else f"the base's: {base.build_s:.0f} s"
     print(f"kvm-harness walk: {len(steps)} of {len(patches) + 1} prefixes run; build time of the patched steps "
-          f"{sum(builds):.0f} s in all (the base's: {base.build_s:.0f} s); {out / 'walk.json'}")
+          f"{sum(builds):.0f} s in all ({base_note}); {out / 'walk.json'}")
     if not base.good:
         print(f"kvm-harness walk: the base itself goes wrong ({base.stage}: {base.reason}): no patch to blame")
         return base.exit_code

@@ -81,6 +81,8 @@ def test_the_history_page_renders_in_a_real_browser(nights):
     assert '<table id="history">' in html and html.count('class="night"') == 2
     assert html.count('data-test="debian-6.1/plain/default:kvm.tdp_mmu.boot"') == 1
     assert html.count('class="cell PASS new"') == 2 and html.count('class="cell PASS same"') == 2
+    assert html.count('<span class="mark">exit 0</span>') == 2   # both nights, the last one included
+    assert "does not apply" in html    # the series' apply error, on its combination's cell
     # every cell links to its run directory, relative to the page, and the directory is there
     for href in re.findall(r'<td class="cell [^"]*"[^>]*><a href="([^"]+)"', html):
         assert not href.startswith("/") and (results / href).is_dir(), href

@@ -108,16 +108,18 @@ class History:
                                "LIMIT ?", (str(plan), nights)).fetchall()
         out = []
         for nid, stamp, ndir, code in reversed(rows):
-            runs = self.db.execute("SELECT id, combo, describe, status, run_dir FROM runs WHERE night_id = ?",
+            runs = self.db.execute("SELECT id, combo, describe, status, run_dir, error FROM runs WHERE night_id = ?",
                                    (nid,)).fetchall()
             tests = {}
-            for rid, combo, describe, status, run_dir in runs:
+            for rid, combo, describe, status, run_dir, error in runs:
                 for path, st, change, reason in self.db.execute(
                         "SELECT path, status, change, reason FROM tests WHERE run_id = ?", (rid,)):
                     tests[f"{combo}:{path}"] = {"status": st, "change": change, "reason": reason,
                                                 "run_dir": run_dir, "describe": describe}
                 if not tests or not any(k.startswith(f"{combo}:") for k in tests):
-                    tests[f"{combo}:(run)"] = {"status": status.upper(), "change": "same", "reason": "",
+                    # a run without tests (a series that did not apply, a build that failed): its error
+                    why = json.loads(error)["message"] if error else ""
+                    tests[f"{combo}:(run)"] = {"status": status.upper(), "change": "same", "reason": why,
                                                "run_dir": run_dir, "describe": describe}
             out.append({"night": stamp, "dir": ndir, "exit_code": code, "tests": tests})
         return out

@@ -95,6 +95,7 @@ def run(plan: Plan, results_root: Path) -> int:
     night_id = history.start_night(stamp, plan.path, time.time(), night_dir)
     rows, docs, all_changes = [], [], {}
     code = EXIT_INFRA   # until the night is through
+    finished = False
     try:
         for combo in plan.combinations():
             log.info("nightly: %s (%s at %s)", combo.key, combo.tree.path, combo.tree.ref)
@@ -124,14 +125,16 @@ def run(plan: Plan, results_root: Path) -> int:
             text += (f"\nCache pruned to {plan.cache_budget}: {len(removed)} entries removed "
                      f"({cache_entries.human(sum(e.size for e in removed))}), {len(held)} in use kept.\n")
         (night_dir / "summary.md").write_text(text)
-        html = page.write(results_root / "index.html", plan.path, history.grid(plan.path))
-        text += f"\nHistory page: {html}\n"
-        print(text)
         regressions = sum(c == "regression" for ch in all_changes.values() for c in ch.values())
         code = EXIT_TEST_FAILED if regressions else (EXIT_INFRA if not any(r["tests"] for r in rows) else 0)
+        history.finish_night(night_id, time.time(), code)
+        finished = True
+        html = page.write(results_root / "index.html", plan.path, history.grid(plan.path))
+        print(text + f"\nHistory page: {html}\n")
         print(f"kvm-harness nightly: {len(rows)} combination(s), {regressions} regression(s); exit {code}; "
               f"{night_dir}")
         return code
     finally:
-        history.finish_night(night_id, time.time(), code)
+        if not finished:   # an interrupted or failed night is recorded as such
+            history.finish_night(night_id, time.time(), code)
         history.close()
