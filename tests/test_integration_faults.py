@@ -171,6 +171,8 @@ def assert_no_half_published_build() -> None:
     tmp = [p.name for p in builds.glob(".*.tmp-*")]
     assert not tmp, f"half-made cache entries: {tmp}"
     for entry in builds.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".use"):
+            continue   # a build's last-use stamp and hold lock (cache.hold), not an entry
         assert (entry / "build.json").exists(), f"cache entry without build.json: {entry}"
 
 
