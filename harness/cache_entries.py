@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, proc
+from . import cache, proc, sizes
 from .errors import UsageError
 
 PRUNABLE = ("workspace", "build", "initrd")
@@ -103,11 +103,7 @@ def remove(e: Entry) -> bool:
 
 def parse_size(text: str) -> int:
     """40G, 500M, 2T -> bytes; a UsageError otherwise."""
-    units = {"M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper()
-    if len(t) < 2 or t[-1] not in units or not t[:-1].replace(".", "", 1).isdigit():
-        raise UsageError(f"a cache size is a number of M, G or T (like 40G): {text!r}")
-    return int(float(t[:-1]) * units[t[-1]])
+    return sizes.parse(text, "a cache size is a number of M, G or T (like 40G)", units="MGT")
 
 
 def human(n: float) -> str:

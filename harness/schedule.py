@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
-from .errors import UsageError
+from . import sizes
 from .results import ERROR, TestResult
 
 log = logging.getLogger("kvm-harness")
@@ -36,16 +36,11 @@ W = TypeVar("W")
 # 3G guest after a dirty_log_test was 1.4 GB, so RAM + 1 GiB is a safe bound per VM.
 VM_OVERHEAD_BYTES = 1 << 30
 
-_SIZE = re.compile(r"^(\d+)([KMGT]?)$", re.IGNORECASE)
 
 
 def memory_bytes(spec: str) -> int:
     """QEMU's -m syntax as the harness accepts it (3G, 3072M, 3072 = MiB)."""
-    m = _SIZE.match(spec.strip())
-    if not m:
-        raise UsageError(f"--memory wants a size like 3G or 3072M: {spec!r}")
-    unit = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return int(m.group(1)) * unit
+    return sizes.parse(spec, "--memory wants a size like 3G or 3072M", bare_mib=True)
 
 
 def mem_available(meminfo: str) -> int | None:

@@ -95,8 +95,9 @@ def test_points_scaling_and_the_gate():
     with pytest.raises(UsageError):
         compare.parse_max_ratio(["populate=-1"])
     assert compare.parse_size("512M") == 512 << 20 and compare.size_label(GIB) == "1G"
-    with pytest.raises(UsageError):
-        compare.parse_size("12K")
+    for bad in ("12K", "0M", "512", "1.5G"):
+        with pytest.raises(UsageError, match="a guest memory size is a positive number of M or G"):
+            compare.parse_size(bad)
 
 
 def test_report_files(tmp_path):

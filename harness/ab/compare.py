@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .. import sizes
 from ..errors import UsageError
 from ..perf import PHASES
 from .stats import Ratio, Slope, Summary, fit_slope, median_ratio, summarize
@@ -139,8 +140,8 @@ def size_label(size: int) -> str:
 
 def parse_size(text: str) -> int:
     """256M, 1G (dirty_log_perf_test's -b suffixes, as MiB and GiB) -> bytes; a UsageError otherwise."""
-    units = {"M": 1 << 20, "G": GIB}
-    t = text.strip().upper()
-    if len(t) < 2 or t[-1] not in units or not t[:-1].isdigit() or int(t[:-1]) == 0:
-        raise UsageError(f"a guest memory size is a positive number of M or G (like 256M, 1G): {text!r}")
-    return int(t[:-1]) * units[t[-1]]
+    wants = "a guest memory size is a positive number of M or G (like 256M, 1G)"
+    size = sizes.parse(text, wants, units="MG")
+    if size == 0:
+        raise UsageError(f"{wants}: {text!r}")
+    return size
