@@ -48,13 +48,13 @@ class ABRequest:
     results_root: Path = Path("results")
 
 
-def workloads(req: ABRequest) -> list[Workload]:
-    """dirty_log_perf_test -g at every point, smallest first. -g: no manual protect, so enabling dirty
-    logging write-protects everything at once, the path the series changes."""
+def workloads(req: ABRequest) -> dict[Workload, tuple[int, int]]:
+    """dirty_log_perf_test -g at every point, smallest first, each with its (size, vcpus). -g: no manual
+    protect, so enabling dirty logging write-protects everything at once, the path the series changes."""
     timeout = req.base.plan.timeout_s
-    return [Workload("dirty_log_perf_test", f"{compare.size_label(size)}-{v}vcpu",
-                     ("-v", str(v), "-b", compare.size_label(size), "-i", str(req.iterations), "-g"), timeout)
-            for v in req.vcpus for size in req.sizes]
+    return {Workload("dirty_log_perf_test", f"{compare.size_label(size)}-{v}vcpu",
+                     ("-v", str(v), "-b", compare.size_label(size), "-i", str(req.iterations), "-g"), timeout):
+            (size, v) for v in req.vcpus for size in req.sizes}
 
 
 def _host_cpu() -> str:
@@ -89,7 +89,7 @@ def run(req: ABRequest, argv: list[str]) -> int:
     (out / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     ws = workloads(req)
-    by_path = {w.path(m): (m, w) for m in req.modes for w in ws}
+    by_path = {w.path(m): (m, *point) for m in req.modes for w, point in ws.items()}
     samples: list[compare.Sample] = []
     failures: list[str] = []
     codes: list[int] = []
@@ -107,11 +107,10 @@ def run(req: ABRequest, argv: list[str]) -> int:
             for res in outcome.results:
                 if res.path not in by_path:
                     continue
-                mode, w = by_path[res.path]
-                size = compare.parse_size(w.argv[3])
+                mode, size, vcpus = by_path[res.path]
                 figs = phases(res.output) if res.status == PASS else {}
                 if figs:
-                    samples.append(compare.Sample(kernel, mode, size, int(w.argv[1]), r + 1, figs,
+                    samples.append(compare.Sample(kernel, mode, size, vcpus, r + 1, figs,
                                                   str(outcome.run_dir)))
                 else:
                     failures.append(f"{kernel} run {r + 1} {res.path}: {res.status} {res.reason}".strip())

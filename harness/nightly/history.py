@@ -116,7 +116,7 @@ class History:
                         "SELECT path, status, change, reason FROM tests WHERE run_id = ?", (rid,)):
                     tests[f"{combo}:{path}"] = {"status": st, "change": change, "reason": reason,
                                                 "run_dir": run_dir, "describe": describe}
-                if not tests or not any(k.startswith(f"{combo}:") for k in tests):
+                if not any(k.startswith(f"{combo}:") for k in tests):
                     # a run without tests (a series that did not apply, a build that failed): its error
                     why = json.loads(error)["message"] if error else ""
                     tests[f"{combo}:(run)"] = {"status": status.upper(), "change": "same", "reason": why,

@@ -27,7 +27,7 @@ from ..workloads import WorkloadPlan
 from . import changes as changes_mod
 from . import page
 from .history import History
-from .plan import PLAIN, Combination, Plan
+from .plan import Combination, Plan
 
 log = logging.getLogger("kvm-harness")
 
@@ -115,8 +115,7 @@ def run(plan: Plan, results_root: Path) -> int:
             docs.append((combo.key, _read(outcome.run_dir / "results.json")))
             rows.append({"combo": combo.key, "describe": (meta.get("source") or {}).get("describe"),
                          "status": outcome.status, "exit_code": outcome.exit_code, "error": outcome.error,
-                         "changes": ch, "run_dir": outcome.run_dir.name, "tests": len(tests),
-                         "plain": combo.series == PLAIN})
+                         "changes": ch, "run_dir": outcome.run_dir.name, "tests": len(tests)})
         (night_dir / "kcidb.json").write_text(json.dumps(merge_kcidb(docs, all_changes), indent=1) + "\n")
         text = summary(stamp, rows)
         if plan.cache_budget:
