@@ -107,7 +107,7 @@ def write_json(path: Path, data: object) -> None:
 
 
 # Entries this process uses: their .use files stay open with a shared flock until it exits, so that
-# `kvm-harness cache prune` (prune.py), which takes the exclusive flock, never removes them under it.
+# `kvm-harness cache prune` (cache_entries.py), which takes the exclusive flock, never removes them under it.
 _HELD: dict[Path, IO[str]] = {}
 
 

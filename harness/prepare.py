@@ -23,6 +23,7 @@ from .request import PrepareRequest
 
 T = TypeVar("T")
 
+
 @dataclass
 class Prepared:
     """A built kernel with its selftests, the guest image and its initramfs, the accelerator."""
