@@ -93,7 +93,8 @@ def run(plan: Plan, results_root: Path) -> int:
     (night_dir / "runs").mkdir(parents=True)
     history = History(results_root / "history.sqlite")
     night_id = history.start_night(stamp, plan.path, time.time(), night_dir)
-    rows, docs, all_changes = [], [], {}
+    rows: list[dict[str, Any]] = []
+    docs: list[tuple[str, dict[str, Any]]] = []
     code = EXIT_INFRA   # until the night is through
     finished = False
     try:
@@ -111,12 +112,12 @@ def run(plan: Plan, results_root: Path) -> int:
                        for t in tests}
             ch = changes_mod.classify(prev.statuses if prev else None, prev.inputs if prev else None, current, inputs)
             history.record_run(night_id, combo.key, meta, inputs, tests, ch)
-            all_changes[combo.key] = ch
             docs.append((combo.key, _read(outcome.run_dir / "results.json")))
             rows.append({"combo": combo.key, "describe": (meta.get("source") or {}).get("describe"),
                          "status": outcome.status, "exit_code": outcome.exit_code, "error": outcome.error,
                          "changes": ch, "run_dir": outcome.run_dir.name, "tests": len(tests)})
-        (night_dir / "kcidb.json").write_text(json.dumps(merge_kcidb(docs, all_changes), indent=1) + "\n")
+        changes = {r["combo"]: r["changes"] for r in rows}
+        (night_dir / "kcidb.json").write_text(json.dumps(merge_kcidb(docs, changes), indent=1) + "\n")
         text = summary(stamp, rows)
         if plan.cache_budget:
             # This night's workspaces, builds and images are held by this process: they stay.
@@ -124,7 +125,7 @@ def run(plan: Plan, results_root: Path) -> int:
             text += (f"\nCache pruned to {plan.cache_budget}: {len(removed)} entries removed "
                      f"({cache_entries.human(sum(e.size for e in removed))}), {len(held)} in use kept.\n")
         (night_dir / "summary.md").write_text(text)
-        regressions = sum(c == "regression" for ch in all_changes.values() for c in ch.values())
+        regressions = sum(c == "regression" for ch in changes.values() for c in ch.values())
         code = EXIT_TEST_FAILED if regressions else (EXIT_INFRA if not any(r["tests"] for r in rows) else 0)
         history.finish_night(night_id, time.time(), code)
         finished = True
