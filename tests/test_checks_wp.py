@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from harness.checks.consistency import Verdict, check, check_snapshot
+from checkers import check_both
+
+from harness.checks.consistency import Verdict, check_snapshot
 from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
 from harness.checks.files import check_files, trace_dat_lines
 from harness.checks.synth import DEFAULT_MASKS as M
@@ -80,14 +82,14 @@ def kinds(v: Verdict) -> Counter[str]:
 
 
 def test_the_correct_story_passes_and_counts_its_checks() -> None:
-    v = check([EMPTY, dump(9, 1, 1)], story())
+    v = check_both([EMPTY, dump(9, 1, 1)], story())
     assert v.status == "PASS", v
     # two loads replayed, the writable link of event 8 judged, and the same link in the dump
     assert v.counts["wp_checks"] == 4
 
 
 def test_a_load_that_leaves_a_link_writable_fails_naming_the_spte() -> None:
-    v = check([EMPTY], story(6, _8=ev("spte", R, 4, 0, LINK_RO, LINK_W, 1)))  # the load cleared nothing
+    v = check_both([EMPTY], story(6, _8=ev("spte", R, 4, 0, LINK_RO, LINK_W, 1)))  # the load cleared nothing
     assert kinds(v)["wp_load_left_writable"] == 1, v
     inc = next(i for i in v.inconsistencies if i.kind == "wp_load_left_writable")
     assert (inc.spt, inc.idx, inc.level, inc.seq) == (R, 0, 4, 6)
@@ -96,7 +98,7 @@ def test_a_load_that_leaves_a_link_writable_fails_naming_the_spte() -> None:
 
 
 def test_a_writable_link_to_a_child_not_loaded_fails() -> None:
-    v = check([EMPTY], story(7))  # C is never loaded before the link becomes writable
+    v = check_both([EMPTY], story(7))  # C is never loaded before the link becomes writable
     assert kinds(v) == {"wp_stale_child_writable": 1}, v
     inc = v.inconsistencies[0]
     assert (inc.spt, inc.idx, inc.expected, inc.actual) == (R, 0, "child at generation 0x1", "child at 0x0")
@@ -114,18 +116,18 @@ def test_the_same_link_in_a_dump_fails() -> None:
 
 
 def test_a_load_against_the_wrong_generation_or_count_fails() -> None:
-    v = check([EMPTY], story(_5=ev("load", R, 4, 0, 2, 1)))  # gen 2, but the indicator holds 1
+    v = check_both([EMPTY], story(_5=ev("load", R, 4, 0, 2, 1)))  # gen 2, but the indicator holds 1
     assert kinds(v)["wp_load_generation"] == 1, v
-    v = check([EMPTY], story(4, _5=ev("load", R, 4, 0, 0, 1)))  # loaded while never enabled
+    v = check_both([EMPTY], story(4, _5=ev("load", R, 4, 0, 0, 1)))  # loaded while never enabled
     assert kinds(v)["wp_load_generation"] >= 1, v
-    v = check([EMPTY], story(_5=ev("load", R, 4, 0, 1, 0)))  # walks by a counter the replay does not hold
+    v = check_both([EMPTY], story(_5=ev("load", R, 4, 0, 1, 0)))  # walks by a counter the replay does not hold
     assert kinds(v)["wp_load_count_mismatch"] == 1, v
 
 
 def test_wp_events_are_part_of_the_sequence() -> None:
     evs = story()
     del evs[4]  # the enable's seq is missing: events were lost
-    v = check([EMPTY], evs)
+    v = check_both([EMPTY], evs)
     assert v.status == "ERROR" and "seq 0x5..0x5 missing" in v.reason
 
 
@@ -201,6 +203,6 @@ def test_a_stale_child_below_a_writable_link_in_the_real_dump_fails(tmp_path: Pa
 def test_tdp_mmu_mode_with_only_a_disable_is_still_out_of_scope() -> None:
     # kvm.tdp_mmu.*: kvm_mmu_write_protect_all_pages(kvm, false) runs when logging stops, nothing else
     tdp = Snapshot(VM, 4, M, 40, [], False, True, "dump@4", WpAll(1, PAGE_OFFSET))
-    v = check([tdp], [WpAllEvent(3, VM, False, 0, 1), WpAllEvent(4, VM, False, 0, 2)])
+    v = check_both([tdp], [WpAllEvent(3, VM, False, 0, 1), WpAllEvent(4, VM, False, 0, 2)])
     assert v.status == "SKIP" and "only TDP MMU pages" in v.reason, v
-    assert check([replace(tdp, tdp_mmu_pages=0)], [WpAllEvent(3, VM, False, 0, 1)]).status == "ERROR"
+    assert check_both([replace(tdp, tdp_mmu_pages=0)], [WpAllEvent(3, VM, False, 0, 1)]).status == "ERROR"

@@ -21,6 +21,7 @@ from harness.checks.findings import (
     Findings,
     Inconsistency,
     Verdict,
+    describe_counts,
     new_counts,
     page_inconsistency,
     set_bits,
@@ -221,9 +222,7 @@ def check(snapshots: list[Snapshot], events: Iterable[AnyEvent], *, lost_events:
     _attach_recent(findings.items, evs, masks_for, snapshots[0].masks if snapshots else None)
     counts["inconsistencies"] = findings.total
     counts["capture_faults"] = errors.total
-    examined = (f"examined {counts['snapshots']} dumps of {counts['vms']} VMs ({counts['pages']} pages,"
-                f" {counts['sptes']} sptes) and {counts['events']} trace events ({counts['pages_replayed']}"
-                f" pages replayed, {counts['snapshot_comparisons']} dump/replay comparisons)")
+    examined = describe_counts(counts)
     faults = "; ".join(errors.messages) + (f"; and {errors.total - len(errors.messages)} more"
                                            if errors.total > len(errors.messages) else "")
     if findings.total:

@@ -9,7 +9,6 @@ or a fail of the invariant. The checks themselves live in `consistency.py`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HEADER = "kvm-pw-sptes v1"
@@ -138,33 +137,55 @@ _MASKS_RE = re.compile(
     rf"masks present={_HEX} writable={_HEX} mmu_writable={_HEX} nonpresent={_HEX}"
 )
 _TDP_RE = re.compile(r"tdp_mmu_pages (\d+)")
-_PAGE_RE = re.compile(
+PAGE_RE = re.compile(
     rf"page spt={_HEX} gfn={_HEX} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+) invalid=([01]) unsync=([01])"
     rf" count=(-?\d+)(?: wp_gen={_HEX})? bitmap=((?:[0-9a-fA-F]{{16}},){{7}}[0-9a-fA-F]{{16}})"
 )
 _WP_ALL_RE = re.compile(rf"wp_all indicator={_HEX} page_offset={_HEX}")
 _SPTE_RE = re.compile(r"spte (\d{1,3}) " + _HEX)
-_END_RE = re.compile(r"end pages=(\d+) sptes=(\d+) truncated=([01])")
+END_RE = re.compile(r"end pages=(\d+) sptes=(\d+) truncated=([01])")
 
 # The header after its first line, in order: (name for messages, pattern).
 _HEADER = (("vm", _VM_RE), ("seq", _SEQ_RE), ("masks", _MASKS_RE), ("tdp_mmu_pages", _TDP_RE))
-_HEADER_LINES = 1 + len(_HEADER)
 
 
-def _parse_header(lines: list[str], fail: Callable[[int, str], DumpFormatError],
-                  source: str) -> tuple[int, int, Masks, int]:
-    """(vm, seq, masks, tdp_mmu_pages) from lines 2..5 of a dump."""
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A dump's lines before its first page: `v2` says which FORMAT.md version; `lines` how many there are."""
+
+    v2: bool
+    vm: int
+    seq: int
+    masks: Masks
+    tdp_mmu_pages: int
+    wp_all: WpAll | None
+    lines: int
+
+
+def parse_header(lines: list[str], source: str = "") -> Header:
+    """The header of a dump from its first lines (at least 5, 6 for v2; more are ignored).
+    Raises DumpFormatError naming the line that does not follow FORMAT.md."""
+    def fail(idx: int, reason: str) -> DumpFormatError:
+        return DumpFormatError(source, idx + 1, lines[idx] if idx < len(lines) else "", reason)
+
+    if not lines:
+        raise DumpFormatError(source, 1, "", "empty dump")
+    if lines[0] not in (HEADER, HEADER_V2):
+        raise fail(0, f"first line must be {HEADER!r} or {HEADER_V2!r}")
+    v2 = lines[0] == HEADER_V2
     fields: list[re.Match[str]] = []
-    for i, (name, pattern) in enumerate(_HEADER, start=1):
+    names = [*_HEADER, ("wp_all", _WP_ALL_RE)] if v2 else list(_HEADER)
+    for i, (name, pattern) in enumerate(names, start=1):
         if i >= len(lines):
             raise DumpFormatError(source, i + 1, "", f"dump ends before the {name} line")
         m = pattern.fullmatch(lines[i])
         if m is None:
             raise fail(i, f"expected the {name} line")
         fields.append(m)
-    vm, seq, mg, tdp = fields
+    vm, seq, mg, tdp = fields[:4]
     masks = Masks(int(mg[1], 16), int(mg[2], 16), int(mg[3], 16), int(mg[4], 16))
-    return int(vm[1], 16), int(seq[1], 16), masks, int(tdp[1])
+    wp_all = WpAll(int(fields[4][1], 16), int(fields[4][2], 16)) if v2 else None
+    return Header(v2, int(vm[1], 16), int(seq[1], 16), masks, int(tdp[1]), wp_all, 1 + len(names))
 
 
 def _bitmap_from_words(text: str) -> int:
@@ -184,29 +205,16 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
         lines.pop()
         while lines and lines[-1] == "":  # tolerate trailing empty lines, nothing else
             lines.pop()
-    elif lines and not _END_RE.fullmatch(lines[-1]):
+    elif lines and not END_RE.fullmatch(lines[-1]):
         lines.pop()  # partial last line of an incomplete read
         # (the dump is then incomplete: no end line can follow)
 
     def fail(idx: int, reason: str) -> DumpFormatError:
         return DumpFormatError(source, idx + 1, lines[idx] if idx < len(lines) else "", reason)
 
-    if not lines:
-        raise DumpFormatError(source, 1, "", "empty dump")
-    if lines[0] not in (HEADER, HEADER_V2):
-        raise fail(0, f"first line must be {HEADER!r} or {HEADER_V2!r}")
-    v2 = lines[0] == HEADER_V2
-    vm, seq, masks, tdp_mmu_pages = _parse_header(lines, fail, source)
-    first = _HEADER_LINES
-    wp_all = None
-    if v2:
-        if first >= len(lines):
-            raise DumpFormatError(source, first + 1, "", "dump ends before the wp_all line")
-        mw = _WP_ALL_RE.fullmatch(lines[first])
-        if mw is None:
-            raise fail(first, "expected the wp_all line")
-        wp_all = WpAll(int(mw[1], 16), int(mw[2], 16))
-        first += 1
+    head = parse_header(lines, source)
+    v2 = head.v2
+    first = head.lines
 
     pages: list[ShadowPage] = []
     page: ShadowPage | None = None
@@ -234,7 +242,7 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
             sptes[idx] = int(m[2], 16)
             n_sptes += 1
         elif line.startswith("page "):
-            m = _PAGE_RE.fullmatch(line)
+            m = PAGE_RE.fullmatch(line)
             if m is None or (m[8] is None) == v2:
                 raise fail(i, "malformed page line" + (" (v2: wp_gen required)" if v2 else ""))
             level = int(m[4])
@@ -248,7 +256,7 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
             )
             pages.append(page)
         elif line.startswith("end "):
-            m = _END_RE.fullmatch(line)
+            m = END_RE.fullmatch(line)
             if m is None:
                 raise fail(i, "malformed end line")
             if i != n - 1:
@@ -259,5 +267,5 @@ def parse_dump(text: str, source: str = "") -> Snapshot:
             complete = True
         else:
             raise fail(i, "unknown record (expected page, spte or end)")
-    return Snapshot(vm=vm, seq=seq, masks=masks, tdp_mmu_pages=tdp_mmu_pages, pages=pages,
-                    truncated=truncated, complete=complete, source=source, wp_all=wp_all)
+    return Snapshot(vm=head.vm, seq=head.seq, masks=head.masks, tdp_mmu_pages=head.tdp_mmu_pages, pages=pages,
+                    truncated=truncated, complete=complete, source=source, wp_all=head.wp_all)

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness import proc
+from harness.checks.columnar import check_columns
 from harness.checks.consistency import check
-from harness.checks.debugfs import DumpFormatError, Snapshot, parse_dump
+from harness.checks.debugfs import DumpFormatError, parse_dump
+from harness.checks.dumpcols import parse_dump_columns
 from harness.checks.findings import WP_COUNT_KEYS, Verdict, new_counts
 from harness.checks.trace import AnyEvent, TraceFormatError, TraceStats, parse_trace
-from harness.checks.tracedat import decode
+from harness.checks.tracedat import EventColumns, decode_columns, events_from_columns
 from harness.results import ERROR
 
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
@@ -70,21 +72,39 @@ def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
         p.stdout.read()  # drain what the caller left, so the exit status is trace-cmd's own
 
 
-def trace_dat_events(path: Path, stats: TraceStats) -> list[AnyEvent]:
-    """The events of a trace.dat, decoded from its binary records (`tracedat.decode`): a version-7 file
-    (what the guest's trace-cmd writes, zstd) is first made version 6 without compression by
-    `trace-cmd convert`, into a temporary file. A file trace-cmd cannot read whole (truncated, corrupt)
+def trace_dat_columns(path: Path, stats: TraceStats) -> EventColumns:
+    """The events of a trace.dat as columns, decoded from its binary records (`tracedat.decode_columns`):
+    a version-7 file (what the guest's trace-cmd writes, zstd) is first made version 6 without compression
+    by `trace-cmd convert`, into a temporary file. A file trace-cmd cannot read whole (truncated, corrupt)
     raises OSError naming it; one that decodes badly raises TraceFormatError."""
     with open(path, "rb") as f:
         head = f.read(len(TRACE_DAT_MAGIC) + 2)
     if head[len(TRACE_DAT_MAGIC):] == b"6\0":
-        return decode(Path(path).read_bytes(), stats)
+        return decode_columns(Path(path).read_bytes(), stats)
     with tempfile.TemporaryDirectory(prefix="kvm-harness-trace-") as tmp:
         v6 = Path(tmp) / "trace.v6.dat"
         with _trace_cmd(["convert", "--file-version", "6", "--compression", "none", "-i", str(path), "-o", str(v6)],
                         path, stdout=subprocess.DEVNULL):
             pass
-        return decode(v6.read_bytes(), stats)
+        return decode_columns(v6.read_bytes(), stats)
+
+
+def trace_dat_events(path: Path, stats: TraceStats) -> list[AnyEvent]:
+    """trace_dat_columns() as the checker's event objects."""
+    return events_from_columns(trace_dat_columns(path, stats))
+
+
+def read_capture(path: Path) -> bytes:
+    """A captured file's bytes, gunzipped or unxz-ed by its magic (not its name)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        with gzip.open(path, "rb") as g:
+            return g.read()
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        with lzma.open(path, "rb") as x:
+            return x.read()
+    return Path(path).read_bytes()
 
 
 def open_text(path: Path) -> IO[str]:
@@ -119,19 +139,25 @@ def check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict:
 
 def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict:
     empty = new_counts(capture_faults=1)
-    snapshots: list[Snapshot] = []
     try:
-        for p in snapshot_paths:
-            with open_text(Path(p)) as f:
-                snapshots.append(parse_dump(f.read(), source=str(p)))
-        if trace_path is None:
-            return check(snapshots, [])
+        dumps = [(str(p), read_capture(Path(p))) for p in snapshot_paths]
         stats = TraceStats()
-        if is_trace_dat(Path(trace_path)):
-            events = trace_dat_events(Path(trace_path), stats)
-        else:
+        events: list[AnyEvent] = []
+        if trace_path is not None and is_trace_dat(Path(trace_path)):
+            cols = trace_dat_columns(Path(trace_path), stats)
+            # the fast proof first; anything short of a plain PASS is judged (and explained) on objects
+            fast = [parse_dump_columns(data, src) for src, data in dumps]
+            if all(d is not None for d in fast):
+                verdict = check_columns([d for d in fast if d is not None], cols, stats)
+                if verdict is not None:
+                    return verdict
+            events = events_from_columns(cols)
+        elif trace_path is not None:
             with open_text(Path(trace_path)) as f:
                 events = list(parse_trace(f, stats=stats, source=str(trace_path)))
+        snapshots = [parse_dump(data.decode("utf-8", "replace"), source=src) for src, data in dumps]
+        if trace_path is None:
+            return check(snapshots, [])
         wp = {k: getattr(stats, k) for k in WP_COUNT_KEYS}
         return check(snapshots, events, lost_events=stats.lost_events, require_trace=True, wp_counts=wp)
     except (DumpFormatError, TraceFormatError) as e:

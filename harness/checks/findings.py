@@ -27,6 +27,13 @@ def new_counts(**given: int) -> dict[str, int]:
     return {k: given.get(k, 0) for k in COUNT_KEYS}
 
 
+def describe_counts(counts: dict[str, int]) -> str:
+    """What a verdict rests on, in words (every verdict's reason ends with it)."""
+    return (f"examined {counts['snapshots']} dumps of {counts['vms']} VMs ({counts['pages']} pages,"
+            f" {counts['sptes']} sptes) and {counts['events']} trace events ({counts['pages_replayed']}"
+            f" pages replayed, {counts['snapshot_comparisons']} dump/replay comparisons)")
+
+
 @dataclass(slots=True)
 class Inconsistency:
     """One violation, with enough context to find it in the dump and the trace without the harness."""

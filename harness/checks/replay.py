@@ -83,7 +83,7 @@ class Replay:
         cur_vm = -1
         pages: dict[int, PageState] = {}
         pm = wm = 0
-        pending: _Load | None = None  # a load whose non-leaf sptes must be the next events of its VM
+        pending: dict[int, _Load] = {}  # vm -> its load whose non-leaf sptes must be the VM's next events
         expect = evs[0].seq if evs else 0
         self.last_seq = expect - 1
         for ev in evs:
@@ -102,8 +102,10 @@ class Replay:
                 masks = self.masks_by_vm.get(cur_vm, self.default_masks)
                 pm = masks.present
                 wm = masks.writable | masks.mmu_writable
-            if pending is not None and ev.vm == pending.vm:
-                pending = self._load_step(pending, ev)
+            if pending and ev.vm in pending:
+                load = self._load_step(pending.pop(ev.vm), ev)
+                if load is not None:
+                    pending[ev.vm] = load
             if ev.__class__ is SpteEvent:
                 pg = pages.get(ev.spt)
                 if pg is None:
@@ -133,7 +135,9 @@ class Replay:
                 self._page_event(ev, pages)
             else:
                 # mypy narrows `__class__ is` but not by elimination
-                pending = self._wp_event(ev, pages)  # type: ignore[arg-type]
+                load = self._wp_event(ev, pages)  # type: ignore[arg-type]
+                if load is not None:
+                    pending[ev.vm] = load
         self.last_seq = expect - 1
         for snap in snaps[k:]:
             if snap.seq <= self.last_seq:

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from harness.checks.debugfs import HEADER, Masks, ShadowPage, Snapshot
+from harness.checks.debugfs import HEADER, HEADER_V2, Masks, ShadowPage, Snapshot
 from harness.checks.trace import PageEvent, SpteEvent, format_event
 
 # x86-64 6.12 with NPT or shadow paging (AMD, this project's machines): SPTE_MMU_PRESENT_MASK = BIT(11),
@@ -25,18 +25,23 @@ _WORD = (1 << 64) - 1
 
 
 def format_dump(snap: Snapshot) -> str:
-    """Render a Snapshot exactly as the kernel side prints it (FORMAT.md v1)."""
+    """Render a Snapshot exactly as the kernel side prints it (FORMAT.md; instrumentation patch 0002, and
+    v2 when the snapshot has write-protect-all's indicator)."""
     m = snap.masks
-    out = [HEADER, f"vm {snap.vm:#x}", f"seq {snap.seq:#x}",
+    v2 = snap.wp_all is not None
+    out = [HEADER_V2 if v2 else HEADER, f"vm {snap.vm:#x}", f"seq {snap.seq:#x}",
            f"masks present={m.present:#x} writable={m.writable:#x} mmu_writable={m.mmu_writable:#x}"
            f" nonpresent={m.nonpresent:#x}", f"tdp_mmu_pages {snap.tdp_mmu_pages}"]
+    if snap.wp_all is not None:
+        out.append(f"wp_all indicator={snap.wp_all.indicator:#x} page_offset={snap.wp_all.page_offset:#x}")
     n_sptes = 0
     for p in snap.pages:
         words = ",".join(f"{(p.bitmap >> (64 * w)) & _WORD:016x}" for w in range(8))
+        gen = f" wp_gen={p.wp_gen or 0:#x}" if v2 else ""
         out.append(f"page spt={p.spt:#x} gfn={p.gfn:#x} role={p.role:#x} level={p.level}"
-                   f" invalid={int(p.invalid)} unsync={int(p.unsync)} count={p.count} bitmap={words}")
+                   f" invalid={int(p.invalid)} unsync={int(p.unsync)} count={p.count}{gen} bitmap={words}")
         for i in sorted(p.sptes):
-            out.append(f"spte {i} {p.sptes[i]:#x}")
+            out.append(f"spte {i} {p.sptes[i]:#018x}")  # the kernel prints 0x%016llx
         n_sptes += len(p.sptes)
     if snap.complete:
         out.append(f"end pages={len(snap.pages)} sptes={n_sptes} truncated={int(snap.truncated)}")

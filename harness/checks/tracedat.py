@@ -22,10 +22,14 @@ Only little-endian files of 64-bit kernels are read (the guests' kind); anything
 from __future__ import annotations
 
 import re
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
+
+from harness.checks.ringbuf import RingBufferError, find_records
 from harness.checks.trace import (
     AnyEvent,
     PageEvent,
@@ -38,10 +42,6 @@ from harness.checks.trace import (
 
 MAGIC = b"\x17\x08\x44tracing"
 SYSTEM = "kvmmmu"
-COMMIT_MASK = (1 << 27) - 1
-MISSING_EVENTS = 1 << 31
-MISSING_STORED = 1 << 30
-TYPE_PADDING, TYPE_TIME_EXTEND, TYPE_TIME_STAMP = 29, 30, 31
 
 # The fields each event class is built from, in the class's argument order (FORMAT.md; mmutrace.h).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -51,7 +51,6 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "kvm_mmu_wp_load": ("seq", "vm", "spt", "gfn", "role", "level", "old_gen", "gen", "count"),
 }
 _FIELD_RE = re.compile(r"\tfield:[^;]*?(\w+)(?:\[\d*\])?;\toffset:(\d+);\tsize:(\d+);\tsigned:([01]);")
-_CODES = {(1, 0): "B", (1, 1): "b", (2, 0): "H", (2, 1): "h", (4, 0): "I", (4, 1): "i", (8, 0): "Q", (8, 1): "q"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +72,21 @@ def parse_format(text: str) -> EventFormat:
     return EventFormat(name[1], int(ident[1]), fields)
 
 
-def record_struct(fmt: EventFormat, names: tuple[str, ...]) -> struct.Struct:
-    """A Struct that unpacks `names` (in that order) from a record's data; their offsets must increase in
-    that order (they do in mmutrace.h). Raises TraceFormatError naming a missing or unusable field."""
-    code, pos = "<", 0
+def record_dtype(fmt: EventFormat, names: tuple[str, ...]) -> np.dtype[np.void]:
+    """A numpy record type of `names` at their offsets in a record's data (little-endian, as the file's).
+    Raises TraceFormatError naming a missing or undecodable field (another FORMAT.md version)."""
+    formats, offsets, end = [], [], 0
     for n in names:
         if n not in fmt.fields:
             raise TraceFormatError(0, fmt.name, f"event {fmt.name} has no field {n!r} (instrumentation of"
                                    " another FORMAT.md version?)")
         off, size, signed = fmt.fields[n]
-        c = _CODES.get((size, int(signed)))
-        if c is None or off < pos:
+        if size not in (1, 2, 4, 8):
             raise TraceFormatError(0, fmt.name, f"field {n} of {fmt.name}: offset {off} size {size} not decodable")
-        code += "x" * (off - pos) + c
-        pos = off + size
-    return struct.Struct(code)
+        formats.append(f"<{'i' if signed else 'u'}{size}")
+        offsets.append(off)
+        end = max(end, off + size)
+    return np.dtype({"names": list(names), "formats": formats, "offsets": offsets, "itemsize": (end + 3) & ~3})
 
 
 class _Reader:
@@ -173,100 +172,174 @@ def read_layout(buf: memoryview) -> Layout:
     return Layout(page_size, formats, cpus)
 
 
-def _decoders(formats: dict[str, EventFormat],
-              st: TraceStats) -> dict[int, Callable[[memoryview, int], AnyEvent]]:
-    """Event id -> a function (buffer, data offset) -> event, for the events this trace has other than
-    kvm_mmu_pw_spte (decode() does that one inline); the write-protect-all ones are counted in `st` as they
-    are decoded."""
-    out: dict[int, Callable[[memoryview, int], AnyEvent]] = {}
-    for name, names in EVENT_FIELDS.items():
-        fmt = formats.get(name)
-        if fmt is None or name == "kvm_mmu_pw_spte":
-            continue  # a kernel without patch 0004 has no kvm_mmu_wp_*
-        unpack = record_struct(fmt, names).unpack_from
-        if name == "kvm_mmu_pw_page":
-            def page(b: memoryview, d: int, u: Callable[..., tuple[int, ...]] = unpack) -> AnyEvent:
-                s, vm, spt, gfn, role, level, free, count = u(b, d)
-                return PageEvent(s, vm, spt, gfn, role, level, "free" if free else "alloc", count, 0)
-            out[fmt.id] = page
-        elif name == "kvm_mmu_wp_all":
-            def wp_all(b: memoryview, d: int, u: Callable[..., tuple[int, ...]] = unpack) -> AnyEvent:
-                s, vm, enable, gen = u(b, d)
-                if enable:
-                    st.wp_all_enables += 1
+# Event kinds in EventColumns.kind
+SPTE, ALLOC, FREE, WP_ALL, WP_LOAD = 0, 1, 2, 3, 4
+_U64 = np.uint64
+
+
+_COLUMNS = ("seq", "vm", "spt", "gfn", "role", "level", "idx", "old", "new", "count", "gen", "old_gen", "enable")
+_DTYPES = {"seq": np.int64, "level": np.int64, "idx": np.int64, "count": np.int64, "enable": np.uint8,
+           "kind": np.uint8}
+# each event's fields -> the column it fills, where the names differ
+_RENAME = {"old_spte": "old", "new_spte": "new"}
+_KIND = {"kvm_mmu_pw_spte": SPTE, "kvm_mmu_wp_all": WP_ALL, "kvm_mmu_wp_load": WP_LOAD}
+
+
+class EventColumns:
+    """The kvmmmu events of a trace as columns, one row per event, grouped by event (not in seq order).
+
+    `kind` is SPTE, ALLOC, FREE (kvm_mmu_pw_page), WP_ALL or WP_LOAD; a column an event does not have is 0:
+    `idx`, `old`, `new` are kvm_mmu_pw_spte's; `gen` is kvm_mmu_wp_all's and kvm_mmu_wp_load's, `old_gen`
+    the load's, `enable` the wp_all's. Values are the raw fields (FORMAT.md): u64 for addresses and sptes.
+    A column is built from the records the first time it is read (the checker reads about half of them).
+    """
+
+    def __init__(self, parts: list[tuple[str, npt.NDArray[np.void]]]) -> None:
+        self.parts = parts  # (event name, its records), records as a numpy structured array of its fields
+        self._built: dict[str, npt.NDArray[np.generic]] = {}
+        self.size = sum(rec.size for _, rec in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def column(self, col: str) -> npt.NDArray[np.generic]:
+        """One column (a name of _COLUMNS, or "kind") for all events."""
+        got = self._built.get(col)
+        if got is None:
+            got = np.empty(self.size, _DTYPES.get(col, _U64))
+            pos = 0
+            for name, rec in self.parts:
+                part = got[pos:pos + rec.size]
+                pos += rec.size
+                fields = {_RENAME.get(f, f): f for f in EVENT_FIELDS[name]}
+                if col == "kind":
+                    part[:] = np.where(rec["free"] != 0, FREE, ALLOC) if name == "kvm_mmu_pw_page" else _KIND[name]
+                elif col in fields:
+                    part[:] = rec[fields[col]]
                 else:
-                    st.wp_all_disables += 1
-                return WpAllEvent(s, vm, bool(enable), gen, 0)
-            out[fmt.id] = wp_all
-        else:
-            def wp_load(b: memoryview, d: int, u: Callable[..., tuple[int, ...]] = unpack) -> AnyEvent:
-                st.wp_loads += 1
-                seq, vm, spt, gfn, role, level, old_gen, gen, count = u(b, d)
-                return WpLoadEvent(seq, vm, spt, gfn, role, level, old_gen, gen, count, 0)
-            out[fmt.id] = wp_load
+                    part[:] = 0
+            self._built[col] = got
+        return got
+
+    @property
+    def kind(self) -> npt.NDArray[np.uint8]:
+        return self.column("kind")  # type: ignore[return-value]
+
+    @property
+    def seq(self) -> npt.NDArray[np.int64]:
+        return self.column("seq")  # type: ignore[return-value]
+
+    @property
+    def vm(self) -> npt.NDArray[np.uint64]:
+        return self.column("vm")  # type: ignore[return-value]
+
+    @property
+    def spt(self) -> npt.NDArray[np.uint64]:
+        return self.column("spt")  # type: ignore[return-value]
+
+    @property
+    def gfn(self) -> npt.NDArray[np.uint64]:
+        return self.column("gfn")  # type: ignore[return-value]
+
+    @property
+    def role(self) -> npt.NDArray[np.uint64]:
+        return self.column("role")  # type: ignore[return-value]
+
+    @property
+    def level(self) -> npt.NDArray[np.int64]:
+        return self.column("level")  # type: ignore[return-value]
+
+    @property
+    def idx(self) -> npt.NDArray[np.int64]:
+        return self.column("idx")  # type: ignore[return-value]
+
+    @property
+    def old(self) -> npt.NDArray[np.uint64]:
+        return self.column("old")  # type: ignore[return-value]
+
+    @property
+    def new(self) -> npt.NDArray[np.uint64]:
+        return self.column("new")  # type: ignore[return-value]
+
+    @property
+    def count(self) -> npt.NDArray[np.int64]:
+        return self.column("count")  # type: ignore[return-value]
+
+    @property
+    def gen(self) -> npt.NDArray[np.uint64]:
+        return self.column("gen")  # type: ignore[return-value]
+
+    @property
+    def old_gen(self) -> npt.NDArray[np.uint64]:
+        return self.column("old_gen")  # type: ignore[return-value]
+
+    @property
+    def enable(self) -> npt.NDArray[np.uint8]:
+        return self.column("enable")  # type: ignore[return-value]
+
+
+def decode_columns(data: bytes | memoryview, stats: TraceStats | None = None) -> EventColumns:
+    """Every kvm_mmu_pw_*/kvm_mmu_wp_* event of a version-6 trace.dat as EventColumns. `stats` gets the
+    event counts and ftrace's missing-events marks (lost events). Raises TraceFormatError for a file this
+    cannot read whole: a partial trace is never taken for a whole one."""
+    st = stats if stats is not None else TraceStats()
+    buf = memoryview(data)
+    layout = read_layout(buf)
+    words = np.frombuffer(buf[: len(buf) // 4 * 4], dtype="<u4")
+    try:
+        recs = find_records(words, layout.cpus, layout.page_size)
+    except RingBufferError as e:
+        raise TraceFormatError(0, e.where, e.reason) from None
+    st.lost_markers += recs.lost_markers
+    st.lost_events += recs.lost_events
+    etype = words[recs.offsets >> 2] & 0xFFFF
+    parts = []
+    for name, names in EVENT_FIELDS.items():
+        fmt = layout.formats.get(name)
+        if fmt is None:
+            continue  # a kernel without patch 0004 has no kvm_mmu_wp_*
+        dt = record_dtype(fmt, names)
+        # each record's words, copied row by row from a strided view (no index per word)
+        rec = sliding_window_view(words, dt.itemsize // 4)[recs.offsets[etype == fmt.id] >> 2].view(dt).ravel()
+        parts.append((name, rec))
+        if name == "kvm_mmu_pw_spte":
+            bad = np.flatnonzero((rec["idx"] < 0) | (rec["idx"] >= 512))
+            if bad.size:
+                raise TraceFormatError(0, f"seq={int(rec['seq'][bad[0]]):#x}",
+                                       f"spte index {int(rec['idx'][bad[0]])} out of range")
+        elif name == "kvm_mmu_wp_all":
+            st.wp_all_enables += int(np.count_nonzero(rec["enable"]))
+            st.wp_all_disables += int(rec.size - np.count_nonzero(rec["enable"]))
+        elif name == "kvm_mmu_wp_load":
+            st.wp_loads += rec.size
+    out = EventColumns(parts)
+    st.events += len(out)
+    return out
+
+
+def events_from_columns(cols: EventColumns) -> list[AnyEvent]:
+    """The checker's event objects (trace.py) for every row of `cols`, grouped by kind (the checker sorts)."""
+    def col(name: str, sel: npt.NDArray[np.bool_]) -> list[int]:
+        return getattr(cols, name)[sel].tolist()  # type: ignore[no-any-return]
+
+    out: list[AnyEvent] = []
+    sel = cols.kind == SPTE
+    out += map(SpteEvent, *(col(c, sel) for c in ("seq", "vm", "spt", "gfn", "role", "level", "idx", "old", "new",
+                                                  "count")), repeat(0))
+    for kind, op in ((ALLOC, "alloc"), (FREE, "free")):
+        sel = cols.kind == kind
+        out += map(PageEvent, *(col(c, sel) for c in ("seq", "vm", "spt", "gfn", "role", "level")), repeat(op),
+                   col("count", sel), repeat(0))
+    sel = cols.kind == WP_ALL
+    out += map(WpAllEvent, col("seq", sel), col("vm", sel), map(bool, col("enable", sel)), col("gen", sel),
+               repeat(0))
+    sel = cols.kind == WP_LOAD
+    out += map(WpLoadEvent, *(col(c, sel) for c in ("seq", "vm", "spt", "gfn", "role", "level", "old_gen", "gen",
+                                                    "count")), repeat(0))
     return out
 
 
 def decode(data: bytes | memoryview, stats: TraceStats | None = None) -> list[AnyEvent]:
-    """Every kvm_mmu_pw_*/kvm_mmu_wp_* event of a version-6 trace.dat, CPU by CPU (not in seq order: the
-    checker sorts). `stats` gets the event counts and ftrace's missing-events marks (lost events).
-    Raises TraceFormatError for a file this cannot read whole: a partial trace is never taken for a whole one.
-    """
-    st = stats if stats is not None else TraceStats()
-    buf = memoryview(data)
-    layout = read_layout(buf)
-    decoders = _decoders(layout.formats, st)
-    # kvm_mmu_pw_spte is nearly every event: decoded inline, without a call per event
-    spte_fmt = layout.formats.get("kvm_mmu_pw_spte")
-    spte_id = spte_fmt.id if spte_fmt is not None else -1
-    spte_unpack = record_struct(spte_fmt, EVENT_FIELDS["kvm_mmu_pw_spte"]).unpack_from if spte_fmt else None
-    spte = SpteEvent
-    words = buf[: len(buf) // 4 * 4].cast("I")
-    halves = buf[: len(buf) // 2 * 2].cast("H")
-    events: list[AnyEvent] = []
-    append = events.append
-    get = decoders.get
-    ps = layout.page_size
-    for off, size in layout.cpus:
-        for page in range(off, off + size - ps + 1, ps):
-            commit = words[(page >> 2) + 2] | words[(page >> 2) + 3] << 32
-            p = page + 16
-            end = p + (commit & COMMIT_MASK)
-            if end > page + ps:
-                raise TraceFormatError(0, f"page at {page:#x}", f"ring buffer page commit {commit & COMMIT_MASK}"
-                                       f" beyond the page size {ps}")
-            if commit & MISSING_EVENTS:
-                st.lost_markers += 1
-                if commit & MISSING_STORED:
-                    st.lost_events += words[end >> 2] | words[(end >> 2) + 1] << 32
-            while p < end:
-                h = words[p >> 2]
-                tl = h & 31
-                if 0 < tl <= 28:
-                    d = p + 4
-                    p = d + tl * 4
-                elif tl == 0:
-                    d = p + 8
-                    p = d + ((words[(p >> 2) + 1] - 4 + 3) & ~3)
-                elif tl == TYPE_PADDING:
-                    if h >> 5 == 0:  # padding to the end of the page
-                        break
-                    p += 4 + words[(p >> 2) + 1]
-                    continue
-                else:  # a time extend or stamp: one more word, no data
-                    p += 8
-                    continue
-                etype = halves[d >> 1]
-                if etype == spte_id:
-                    seq, vm, spt, gfn, role, level, idx, old, new, count = spte_unpack(buf, d)  # type: ignore[misc]
-                    if not 0 <= idx < 512:
-                        raise TraceFormatError(0, f"seq={seq:#x}", f"spte index {idx} out of range")
-                    append(spte(seq, vm, spt, gfn, role, level, idx, old, new, count, 0))
-                    continue
-                dec = get(etype)
-                if dec is not None:
-                    append(dec(buf, d))
-            if p > end:
-                raise TraceFormatError(0, f"page at {page:#x}", "a record runs past the page's data")
-    st.events += len(events)
-    return events
+    """Every kvm_mmu_pw_*/kvm_mmu_wp_* event of a version-6 trace.dat as the checker's objects, in no
+    particular order (the checker sorts by seq); see decode_columns() for `stats` and the errors."""
+    return events_from_columns(decode_columns(data, stats))

@@ -1,0 +1,182 @@
+"""The columnar checker against the object checker: PASS only where consistency.check passes, with the
+same counts, and actually PASS on clean captures (else check_files would be slow for nothing).
+
+Broken captures are made by mutating clean ones (synthetic, and the real write-protect-all capture) the
+ways a kernel bug or a capture fault would: a state, a count, an index, an event lost or renumbered, a
+dump's bit, count or generation, a load's generation. Whatever the mutation, either the columnar checker
+hands over (None) or both say PASS with the same counts; and where consistency.check does not say PASS,
+the columnar checker must have handed over.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from checkers import check_both, columnar_verdict
+
+from harness.checks.debugfs import Snapshot, parse_dump
+from harness.checks.files import check_files, trace_dat_columns
+from harness.checks.synth import generate
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, TraceStats, WpAllEvent, WpLoadEvent, parse_trace
+from harness.checks.tracedat import events_from_columns
+from harness.results import PASS
+
+REAL = Path(__file__).parent / "data" / "real" / "shadow-enable-test"
+
+
+@functools.cache
+def _synthetic() -> tuple[list[Snapshot], list[AnyEvent]]:
+    buf = io.StringIO()
+    cap = generate(buf, events=6000, pages=60, seed=7)
+    return [parse_dump(t, f"dump{i}") for i, t in enumerate(cap.dumps)], list(parse_trace(buf.getvalue().splitlines()))
+
+
+@functools.cache
+def _real() -> tuple[list[Snapshot], list[AnyEvent]]:
+    snaps = [parse_dump(gzip.decompress(p.read_bytes()).decode(), p.name) for p in sorted(REAL.glob("pw_sptes.*"))]
+    return snaps, events_from_columns(trace_dat_columns(REAL / "trace.dat", TraceStats()))
+
+
+def _fresh(capture: tuple[list[Snapshot], list[AnyEvent]]) -> tuple[list[Snapshot], list[AnyEvent]]:
+    """A copy to break: mutate() changes pages in place and replaces events (which are never changed)."""
+    snaps, events = capture
+    return [replace(s, pages=[replace(p) for p in s.pages]) for s in snaps], list(events)
+
+
+def synthetic() -> tuple[list[Snapshot], list[AnyEvent]]:
+    """A synthetic capture (harness.checks.synth)."""
+    return _fresh(_synthetic())
+
+
+def real() -> tuple[list[Snapshot], list[AnyEvent]]:
+    """The real capture of test_checks_wp (shadow paging, dirty_log_enable_test)."""
+    return _fresh(_real())
+
+
+@pytest.mark.parametrize("capture", [synthetic, real])
+def test_a_clean_capture_passes_on_columns_as_on_objects(capture) -> None:
+    snaps, events = capture()
+    fast = columnar_verdict(snaps, events)
+    assert fast is not None and fast.status == PASS
+    assert check_both(snaps, events, wp_counts={k: fast.counts[k] for k in
+                                                ("wp_all_enables", "wp_all_disables", "wp_loads")}).status == PASS
+
+
+def test_check_files_takes_the_columnar_verdict_on_a_real_trace_dat(monkeypatch) -> None:
+    import harness.checks.files as files
+
+    taken = []
+    real_check = files.check_columns
+    monkeypatch.setattr(files, "check_columns", lambda *a: taken.append(real_check(*a)) or taken[-1])
+    v = check_files(sorted(REAL.glob("pw_sptes.*")), REAL / "trace.dat")
+    assert v.status == PASS and taken and taken[0] is v
+    assert v.counts["wp_checks"] == 187 and v.counts["wp_loads"] == 76
+
+
+def _renumber(events: list[AnyEvent]) -> list[AnyEvent]:
+    order = sorted(events, key=lambda e: e.seq)
+    first = order[0].seq
+    return [replace(e, seq=first + i) for i, e in enumerate(order)]
+
+
+MUTATIONS = ("old", "new", "count", "index", "drop", "drop-renumber", "dup-seq", "alloc", "bit", "dump-count",
+             "dump-gen", "load-gen", "load-count", "upper")
+
+
+def mutate(rng: random.Random, snaps: list[Snapshot], events: list[AnyEvent], kind: str | None = None) -> str:
+    """Break the capture in place one way (`kind`, else chosen by rng); returns what was done."""
+    spte_at = [i for i, e in enumerate(events) if isinstance(e, SpteEvent)]
+    i = rng.choice(spte_at)
+    e = events[i]
+    assert isinstance(e, SpteEvent)
+    how = MUTATIONS[rng.randrange(1 << 30) % len(MUTATIONS)] if kind is None else kind
+    if how == "old":
+        events[i] = replace(e, old=e.new)
+    elif how == "new":
+        events[i] = replace(e, new=e.old)
+    elif how == "count":
+        events[i] = replace(e, count=e.count + rng.choice([1, 2]))
+    elif how == "index":
+        events[i] = replace(e, idx=e.idx ^ 1)
+    elif how in ("drop", "drop-renumber"):
+        del events[i]
+        if how == "drop-renumber":
+            events[:] = _renumber(events)
+    elif how == "dup-seq":
+        events[i] = replace(e, seq=events[spte_at[0]].seq)
+    elif how == "alloc":
+        allocs = [j for j, x in enumerate(events) if isinstance(x, PageEvent) and x.op == "alloc"]
+        del events[rng.choice(allocs)]
+        events[:] = _renumber(events)
+    elif how in ("bit", "dump-count", "dump-gen"):
+        s = rng.choice([s for s in snaps if s.pages])
+        p = rng.choice(s.pages)
+        if how == "bit":
+            p.bitmap ^= 1 << rng.randrange(512)
+        elif how == "dump-count" or s.wp_all is None:  # a v1 dump has no generation to break
+            p.count += 1
+        else:
+            p.wp_gen = (p.wp_gen or 0) + 1
+    else:
+        loads = [j for j, x in enumerate(events) if isinstance(x, WpLoadEvent)]
+        if how == "upper":  # a write-protected non-leaf spte made writable again right after its load
+            ups = [j for j, x in enumerate(events) if isinstance(x, SpteEvent) and x.level > 1 and x.old & 2]
+            if not ups:
+                return "none"
+            j = rng.choice(ups)
+            x = events[j]
+            events[j] = replace(x, new=x.old, old=x.new | 2) if isinstance(x, SpteEvent) else x
+        elif loads:
+            j = rng.choice(loads)
+            x = events[j]
+            assert isinstance(x, WpLoadEvent)
+            events[j] = replace(x, gen=x.gen + 1) if how == "load-gen" else replace(x, count=x.count + 1)
+        else:
+            events[i] = replace(e, count=e.count + 1)
+    return how
+
+
+@pytest.mark.parametrize("capture", [synthetic, real])
+@pytest.mark.parametrize("seed", range(2 * len(MUTATIONS)))
+def test_a_broken_capture_is_never_a_columnar_pass_alone(capture, seed: int) -> None:
+    snaps, events = capture()
+    how = mutate(random.Random(seed), snaps, events, MUTATIONS[seed % len(MUTATIONS)])
+    ref = check_both(snaps, events)  # asserts: a columnar PASS is a PASS with the same counts
+    if ref.status != PASS:
+        assert columnar_verdict(snaps, events) is None, how
+
+
+def test_a_disable_between_a_load_and_its_protection_is_seen() -> None:
+    """A load's non-leaf sptes must be the VM's next events: anything of the VM in between is a failure, even
+    an event the columnar loop does not walk (a level-1 spte's)."""
+    snaps, events = real()
+    evs = sorted(events, key=lambda e: e.seq)
+    at = next(i for i, e in enumerate(evs) if isinstance(e, WpLoadEvent) and isinstance(evs[i + 1], SpteEvent)
+              and evs[i + 1].level > 1)
+    leaf = next(e for e in evs[at:] if isinstance(e, SpteEvent) and e.level == 1 and e.vm == evs[at].vm)
+    moved = [e for e in evs if e is not leaf]
+    moved.insert(at + 1, leaf)
+    moved = _renumber([replace(e, seq=i) for i, e in enumerate(moved)])
+    ref = check_both(snaps, moved)
+    assert ref.status != PASS and columnar_verdict(snaps, moved) is None
+
+
+def test_another_vms_wp_event_does_not_end_a_loads_check() -> None:
+    """Two VMs' events interleave in seq: a load's check lasts until its own VM's next events."""
+    snaps, events = real()
+    evs = sorted(events, key=lambda e: e.seq)
+    at = next(i for i, e in enumerate(evs) if isinstance(e, WpLoadEvent) and isinstance(evs[i + 1], SpteEvent)
+              and evs[i + 1].level > 1)
+    other = WpAllEvent(0, 0xFFA0000000999000, False, 0, 0)
+    leaf = next(e for e in evs[at:] if isinstance(e, SpteEvent) and e.level == 1 and e.vm == evs[at].vm)
+    moved = [e for e in evs if e is not leaf]
+    moved[at + 1:at + 1] = [other, leaf]
+    moved = _renumber([replace(e, seq=i) for i, e in enumerate(moved)])
+    ref = check_both(snaps, moved)
+    assert ref.status == "FAIL" and "wp_load_left_writable" in ref.reason, ref
