@@ -2,12 +2,15 @@
 
 The end-to-end figure is the one a run pays: from a trace.dat as the guest writes it (version 7, zstd:
 the synthetic events are written as version 6 by synth_dat and made version 7 by `trace-cmd convert`)
-to the verdict, through check_files: `trace-cmd convert` back to version 6, the binary decode, the replay.
+and the dumps' text to the verdict, through check_files: the trace.dat read and decompressed, its records
+decoded to columns, the dumps read to columns, the columnar check (checks/README.md).
 
 Why: a real run traces millions of spte changes and dumps thousands of pages; the check must stay a small
-part of a run. Each stage is timed separately (trace parse, replay, dump parse + self-check, the whole
-check_files) so a slow figure points at its stage. The data come from harness.checks.synth with a fixed
-seed and are checked for PASS first: a benchmark of input the checker rejects would measure nothing.
+part of a run. Each stage is timed separately (the object path's text parse, replay and dump parse; the
+columnar path's decode, dump parse and check; the whole check_files) so a slow figure points at its stage.
+The data come from harness.checks.synth with a fixed seed and are checked for PASS first: a benchmark of
+input the checker rejects would measure nothing. Synthetic captures have no write-protect-all events, so
+the real capture in tests/data/real/shadow-enable-test (when the repository is at hand) is timed too.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from harness.checks.trace import AnyEvent, TraceStats, parse_trace
 from harness.results import PASS
 
 T = TypeVar("T")
+REAL_CAPTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "real" / "shadow-enable-test"
 
 
 def _timed(fn: Callable[[], T]) -> tuple[T, float]:
@@ -55,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill", type=float, default=None,
                     help="mean populated sptes per page (default: ~40%% of the events populate the big VM)")
     ap.add_argument("--seed", type=int, default=20241125)
+    ap.add_argument("--real", type=Path, default=REAL_CAPTURE,
+                    help="a real capture directory (trace.dat, pw_sptes.*) to time too (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=5, help="end-to-end runs, the median reported (default 5)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files and print their directory")
     args = ap.parse_args(argv)
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ends = [_timed(lambda: check_files(dump_paths, dat_path)) for _ in range(args.repeat)]
     verdict = ends[0][0]
     t_all = statistics.median(t for _, t in ends)
+    real = _real_capture(args.real, args.repeat)
 
     ok = (verdict.status == PASS and verdict_text.status == PASS and verdict_replay.status == PASS and not incs
           and big_cols is not None and fast is not None and fast.counts == verdict.counts)
@@ -103,22 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     n_lines = cap.trace_lines
     rows = [
         ("generate (synth, not the checker)", t_gen, f"{n_ev:,} events, {n_lines:,} trace lines"),
-        ("trace parse", t_parse, f"{n_lines / t_parse:,.0f} lines/s"),
-        ("replay (check(): sort, replay, small dumps)", t_replay, f"{n_ev / t_replay:,.0f} events/s"),
-        ("dump parse (big VM)", t_dump_parse,
+        ("trace text parse (to objects)", t_parse, f"{n_lines / t_parse:,.0f} lines/s"),
+        ("object replay (consistency.check: sort, replay, small dumps)", t_replay, f"{n_ev / t_replay:,.0f} events/s"),
+        ("dump parse to objects (big VM)", t_dump_parse,
          f"{cap.big_vm_pages / t_dump_parse:,.0f} pages/s, {cap.big_vm_sptes / t_dump_parse:,.0f} sptes/s"),
         ("dump self-check (big VM)", t_dump_check,
          f"{cap.big_vm_pages / t_dump_check:,.0f} pages/s, {cap.big_vm_sptes / t_dump_check:,.0f} sptes/s"),
         ("dump parse + check (big VM)", t_dump_parse + t_dump_check,
          f"{cap.big_vm_pages / (t_dump_parse + t_dump_check):,.0f} pages/s"),
         ("check_files, text trace", t_all_text, f"{n_ev / t_all_text:,.0f} events/s"),
-        ("trace.dat: convert v7->v6 + decode to columns", t_decode, f"{n_ev / t_decode:,.0f} events/s"),
+        ("trace.dat (v7, zstd): read + decode to columns", t_decode, f"{n_ev / t_decode:,.0f} events/s"),
         ("dump parse to columns (big VM)", t_big_cols, f"{cap.big_vm_pages / t_big_cols:,.0f} pages/s,"
          f" {cap.big_vm_sptes / t_big_cols:,.0f} sptes/s"),
         ("columnar check (all dumps, all events)", t_columns, f"{n_ev / t_columns:,.0f} events/s"),
         (f"check_files, trace.dat (end to end, median of {args.repeat})", t_all,
          f"{n_ev / t_all:,.0f} events/s end to end (runs: {', '.join(f'{t:.3f}' for _, t in ends)} s)"),
     ]
+    if real is not None:
+        n_real, t_real, v_real = real
+        ok = ok and v_real.status == PASS
+        rows.append((f"check_files, the real capture (median of {args.repeat})", t_real,
+                     f"{n_real / t_real:,.0f} events/s ({n_real:,} events, {v_real.counts['wp_loads']} loads,"
+                     f" {v_real.counts['wp_checks']} write-protect-all checks)"))
     print(f"machine: nproc {len(os.sched_getaffinity(0))} ({os.cpu_count()} CPUs), {_cpu_model()},"
           f" Python {platform.python_version()} ({platform.python_implementation()})")
     print(f"data: {n_ev:,} events over {verdict.counts['pages_replayed']:,} page lifetimes in"
@@ -151,6 +164,15 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def _real_capture(where: Path, repeat: int) -> tuple[int, float, Verdict] | None:
+    """check_files on a real capture, `repeat` times: (events, median seconds, verdict); None without one."""
+    dumps = sorted(where.glob("pw_sptes.*"))
+    if not (where / "trace.dat").is_file() or not dumps:
+        return None
+    runs = [_timed(lambda: check_files(dumps, where / "trace.dat")) for _ in range(repeat)]
+    return runs[0][0].counts["events"], statistics.median(t for _, t in runs), runs[0][0]
 
 
 def _write_guest_trace_dat(events: list[AnyEvent], path: Path) -> None:

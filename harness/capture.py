@@ -114,8 +114,8 @@ def ring_entries(stats_text: str) -> int | None:
     """Events the ring buffer held when tracing stopped, summed over CPUs (None: not recorded).
 
     trace.dat must give back exactly this many: `trace-cmd report` of a truncated file prints
-    nothing and still exits 0, so the count is the proof the file is whole (`trace-cmd convert`, which the
-    checker uses, does fail on one).
+    nothing and still exits 0, so the count is the proof the file is whole (the checker's own reader,
+    tracefile.py, also refuses a file cut short).
     """
     found = [int(m.group(1)) for m in _ENTRIES.finditer(stats_text)]
     return sum(found) if found else None

@@ -170,7 +170,7 @@ class BackgroundChecks:
     """Consistency verdicts computed in one worker thread while the guests go on with their next workloads.
 
     A guest keeps about one host core busy (its vCPU running the nested guest); the check of a capture
-    (trace-cmd convert, decode, replay: seconds for a shadow-MMU workload) uses what is left. Each verdict
+    (decode, replay: about a second for a shadow-MMU workload) uses what is left. Each verdict
     fills in a result that is already in the run's list, in its place; `finish()` waits for all of them
     and runs before the exit code is decided and before any report is written. An interrupted run does
     not wait for checks that have not started: their results say so (ERROR). Every VM lane submits

@@ -1,5 +1,6 @@
-"""The checker's only contact with the disk: captured files opened (gzip, xz; a trace.dat made version 6 by
-`trace-cmd convert`, or its text by `trace-cmd report`) and handed to the pure parsers and `consistency.check`."""
+"""The checker's only contact with the disk: captured files read (gzip, xz; a trace.dat's bytes, or its text by
+`trace-cmd report`) and handed to the pure parsers and checkers: the columnar checker first, then, unless it
+proved the capture consistent, `consistency.check`, which names what is wrong."""
 
 from __future__ import annotations
 
@@ -73,20 +74,10 @@ def trace_dat_lines(path: Path) -> Iterator[Iterable[str]]:
 
 
 def trace_dat_columns(path: Path, stats: TraceStats) -> EventColumns:
-    """The events of a trace.dat as columns, decoded from its binary records (`tracedat.decode_columns`):
-    a version-7 file (what the guest's trace-cmd writes, zstd) is first made version 6 without compression
-    by `trace-cmd convert`, into a temporary file. A file trace-cmd cannot read whole (truncated, corrupt)
-    raises OSError naming it; one that decodes badly raises TraceFormatError."""
-    with open(path, "rb") as f:
-        head = f.read(len(TRACE_DAT_MAGIC) + 2)
-    if head[len(TRACE_DAT_MAGIC):] == b"6\0":
-        return decode_columns(Path(path).read_bytes(), stats)
-    with tempfile.TemporaryDirectory(prefix="kvm-harness-trace-") as tmp:
-        v6 = Path(tmp) / "trace.v6.dat"
-        with _trace_cmd(["convert", "--file-version", "6", "--compression", "none", "-i", str(path), "-o", str(v6)],
-                        path, stdout=subprocess.DEVNULL):
-            pass
-        return decode_columns(v6.read_bytes(), stats)
+    """The events of a trace.dat (version 7 as the guest's trace-cmd writes it, zstd; or version 6) as
+    columns, decoded from its binary records (`tracefile`, `tracedat.decode_columns`). A file that cannot be
+    read whole (truncated, corrupt) raises TraceFormatError naming what is missing."""
+    return decode_columns(Path(path).read_bytes(), stats)
 
 
 def trace_dat_events(path: Path, stats: TraceStats) -> list[AnyEvent]:

@@ -1,14 +1,13 @@
-"""Decoder of a trace-cmd `trace.dat` (file version 6, uncompressed) into the checker's events, without text.
+"""Decoder of a trace-cmd `trace.dat` (versions 6 and 7) into the checker's events, without text.
 
 Why: `trace-cmd report` formats every event through its print fmt, ~5-15 us per event here, and parsing
 that text again costs as much; the events are fixed-size binary records in the ring buffer pages that
-trace.dat stores as they were. The guest writes version 7 (zstd): `files.py` has `trace-cmd convert` make
-it version 6 without compression (trace-cmd's own decompression, ~0.7 us per event), and this decodes it.
+trace.dat stores as they were. `tracefile.py` reads the file's header (and decompresses a version-7 file's
+CPU data), `ringbuf.py` finds the records, and this reads their fields as numpy columns (`decode_columns`,
+for the columnar checker) or as the checker's objects (`decode`, for consistency.check).
 
 Formats, as this reads them:
-  * the file: trace-cmd.dat.v6(5) (trace-cmd's Documentation/trace-cmd/trace-cmd.dat.v6.5.txt): header,
-    header_page, header_event, ftrace and event format files, kallsyms, printk formats, cmdlines, CPU count,
-    options, then `flyrecord` with each CPU's offset and size;
+  * the file: trace-cmd.dat.v6(5) and v7(5), see tracefile.py;
   * each CPU's data: ring buffer pages of the header's page size, as libtraceevent's kbuffer-parse.c reads
     them: u64 timestamp, a long `commit` (its low 27 bits the data size; bit 31 missing events, bit 30 their
     count stored after the data), then records with a u32 header (type_len: 5 bits, time_delta: 27):
@@ -21,8 +20,6 @@ Only little-endian files of 64-bit kernels are read (the guests' kind); anything
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
@@ -39,9 +36,7 @@ from harness.checks.trace import (
     WpAllEvent,
     WpLoadEvent,
 )
-
-MAGIC = b"\x17\x08\x44tracing"
-SYSTEM = "kvmmmu"
+from harness.checks.tracefile import EventFormat, read_trace
 
 # The fields each event class is built from, in the class's argument order (FORMAT.md; mmutrace.h).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -50,28 +45,6 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "kvm_mmu_wp_all": ("seq", "vm", "enable", "gen"),
     "kvm_mmu_wp_load": ("seq", "vm", "spt", "gfn", "role", "level", "old_gen", "gen", "count"),
 }
-_FIELD_RE = re.compile(r"\tfield:[^;]*?(\w+)(?:\[\d*\])?;\toffset:(\d+);\tsize:(\d+);\tsigned:([01]);")
-
-
-@dataclass(frozen=True, slots=True)
-class EventFormat:
-    """One event's `format` file: its id and the fields (name -> (offset, size, signed))."""
-
-    name: str
-    id: int
-    fields: dict[str, tuple[int, int, bool]]
-
-
-def parse_format(text: str) -> EventFormat:
-    """`events/<system>/<event>/format` -> EventFormat; raises TraceFormatError if it has no name or ID."""
-    name = re.search(r"^name: (\S+)$", text, re.M)
-    ident = re.search(r"^ID: (\d+)$", text, re.M)
-    if name is None or ident is None:
-        raise TraceFormatError(0, text[:200], "event format without a name or an ID")
-    fields = {m[1]: (int(m[2]), int(m[3]), m[4] == "1") for m in _FIELD_RE.finditer(text)}
-    return EventFormat(name[1], int(ident[1]), fields)
-
-
 def record_dtype(fmt: EventFormat, names: tuple[str, ...]) -> np.dtype[np.void]:
     """A numpy record type of `names` at their offsets in a record's data (little-endian, as the file's).
     Raises TraceFormatError naming a missing or undecodable field (another FORMAT.md version)."""
@@ -87,89 +60,6 @@ def record_dtype(fmt: EventFormat, names: tuple[str, ...]) -> np.dtype[np.void]:
         offsets.append(off)
         end = max(end, off + size)
     return np.dtype({"names": list(names), "formats": formats, "offsets": offsets, "itemsize": (end + 3) & ~3})
-
-
-class _Reader:
-    """Sequential reads of the file's header part."""
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> memoryview:
-        if self.pos + n > len(self.buf):
-            raise TraceFormatError(0, what, f"trace.dat ends inside its {what} (offset {self.pos})")
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "little")
-
-    def cstring(self, what: str) -> str:
-        end = bytes(self.buf[self.pos:self.pos + 4096]).find(b"\0")
-        if end < 0:
-            raise TraceFormatError(0, what, f"unterminated {what} at offset {self.pos}")
-        return bytes(self.take(end + 1, what)[:-1]).decode("ascii", "replace")
-
-    def expect(self, word: bytes, what: str) -> None:
-        got = bytes(self.take(len(word), what))
-        if got != word:
-            raise TraceFormatError(0, repr(got), f"expected {word!r} ({what}) at offset {self.pos - len(word)}")
-
-
-@dataclass(slots=True)
-class Layout:
-    """What the header says: page size, the kvmmmu formats, each CPU's (offset, size) of ring buffer pages."""
-
-    page_size: int
-    formats: dict[str, EventFormat]
-    cpus: list[tuple[int, int]]
-
-
-def read_layout(buf: memoryview) -> Layout:
-    """Walk a version-6 header (trace-cmd.dat.v6(5)); raises TraceFormatError for anything else."""
-    r = _Reader(buf)
-    r.expect(MAGIC, "magic")
-    version = r.cstring("version")
-    if version != "6":
-        raise TraceFormatError(0, version, f"trace.dat version {version}: only 6 is decoded (convert it first)")
-    endian, long_size = r.u(1, "endianness"), r.u(1, "long size")
-    if endian != 0 or long_size != 8:
-        raise TraceFormatError(0, version, "only little-endian traces of 64-bit user space are decoded")
-    page_size = r.u(4, "page size")
-    r.expect(b"header_page\0", "header_page")
-    header_page = bytes(r.take(r.u(8, "header_page size"), "header_page")).decode()
-    if "local_t commit;\toffset:8;\tsize:8;" not in header_page:
-        raise TraceFormatError(0, header_page[:200], "ring buffer pages without an 8-byte commit at offset 8")
-    r.expect(b"header_event\0", "header_event")
-    r.take(r.u(8, "header_event size"), "header_event")
-    for _ in range(r.u(4, "ftrace format count")):
-        r.take(r.u(8, "ftrace format size"), "ftrace format")
-    formats: dict[str, EventFormat] = {}
-    for _ in range(r.u(4, "event system count")):
-        system = r.cstring("system name")
-        for _ in range(r.u(4, "event count")):
-            text = bytes(r.take(r.u(8, "format size"), "event format")).decode("utf-8", "replace")
-            if system == SYSTEM:
-                f = parse_format(text)
-                formats[f.name] = f
-    r.take(r.u(4, "kallsyms size"), "kallsyms")
-    r.take(r.u(4, "printk formats size"), "printk formats")
-    r.take(r.u(8, "cmdlines size"), "cmdlines")
-    n_cpus = r.u(4, "CPU count")
-    word = bytes(r.take(10, "section"))
-    if word == b"options  \0":
-        while (option := r.u(2, "option id")) != 0:
-            r.take(r.u(4, f"option {option} size"), f"option {option}")
-        word = bytes(r.take(10, "section"))
-    if word != b"flyrecord\0":
-        raise TraceFormatError(0, repr(word), "no flyrecord section (a latency trace?)")
-    cpus = [(r.u(8, "CPU data offset"), r.u(8, "CPU data size")) for _ in range(n_cpus)]
-    for off, size in cpus:
-        if off + size > len(buf) or off % 8:
-            raise TraceFormatError(0, f"offset {off} size {size}", "CPU data outside the file (truncated?)")
-    return Layout(page_size, formats, cpus)
 
 
 # Event kinds in EventColumns.kind
@@ -283,8 +173,7 @@ def decode_columns(data: bytes | memoryview, stats: TraceStats | None = None) ->
     event counts and ftrace's missing-events marks (lost events). Raises TraceFormatError for a file this
     cannot read whole: a partial trace is never taken for a whole one."""
     st = stats if stats is not None else TraceStats()
-    buf = memoryview(data)
-    layout = read_layout(buf)
+    layout, buf = read_trace(data)
     words = np.frombuffer(buf[: len(buf) // 4 * 4], dtype="<u4")
     try:
         recs = find_records(words, layout.cpus, layout.page_size)
