@@ -105,6 +105,18 @@ def test_a_synthetic_trace_dat_is_what_trace_cmd_reads_too(tmp_path):
     assert sorted(map(format_event, trace_dat_events(v7, TraceStats()))) == sorted(map(format_event, evs))
 
 
+def test_a_trace_without_events_decodes_to_none(tmp_path):
+    """The TDP MMU mode's captures can hold no kvmmmu event at all (a CPU without data, in version 7 too)."""
+    v6 = tmp_path / "empty.v6.dat"
+    v6.write_bytes(write_trace_dat([]))
+    v7 = tmp_path / "empty.dat"
+    subprocess.run(["trace-cmd", "convert", "--file-version", "7", "--compression", "zstd", "-i", str(v6),
+                    "-o", str(v7)], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    for path in (v6, v7):
+        st = TraceStats()
+        assert decode(path.read_bytes(), st) == [] and st.events == 0
+
+
 def test_the_decoder_refuses_what_it_cannot_read_whole():
     good = write_trace_dat([SpteEvent(1, 1, 0x1000, 0, 0x1301, 1, 3, 1 << 63, 0xE67, 1, 0)])
     with pytest.raises(TraceFormatError, match="compressed with 'header_page': not readable"):
@@ -115,6 +127,10 @@ def test_the_decoder_refuses_what_it_cannot_read_whole():
         decode(good[:300])
     with pytest.raises(TraceFormatError, match="outside the file"):
         decode(good[:-4096])
+    # a record shorter than its event's format says is not read past its end
+    short = good.replace(b"\tfield:unsigned int count;\toffset:72;", b"\tfield:unsigned int count;\toffset:76;", 1)
+    with pytest.raises(TraceFormatError, match="kvm_mmu_pw_spte record of 76 bytes, shorter than its format's 80"):
+        decode(short)
     bad_idx = write_trace_dat([SpteEvent(1, 1, 0x1000, 0, 0x1301, 1, 600, 1 << 63, 0xE67, 1, 0)])
     with pytest.raises(TraceFormatError, match="spte index 600 out of range"):
         decode(bad_idx)

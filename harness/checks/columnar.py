@@ -55,7 +55,7 @@ def _self_check(d: DumpColumns, pm: int, wm: int) -> int | None:
     if wp is None or not wp.enabled:
         return 0
     both = np.uint64(d.masks.present | d.masks.writable)
-    link = (((v & both) == both) & ((v & np.uint64(PT_PAGE_SIZE_MASK)) == 0) & (d.level[d.row] > 1)
+    link = (((v & both) == both) & ((v & np.uint64(PT_PAGE_SIZE_MASK)) == 0) & (d.level[d.row] != 1)
             & (d.wp_gen[d.row] == np.uint64(wp.gen)))
     child = (v[link] & np.uint64(SPTE_BASE_ADDR_MASK)) + np.uint64(wp.page_offset)
     order = np.argsort(d.spt)

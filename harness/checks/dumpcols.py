@@ -92,7 +92,7 @@ def parse_dump_columns(data: bytes, source: str = "") -> DumpColumns | None:
         return None
     # fixed-width fields, copied row by row from strided views of the bytes (no index per byte)
     window = sliding_window_view(buf, 8)[np.minimum(s0, buf.size - 8)]
-    digits = window[:, 5:8].astype(np.int64) - ord("0")
+    digits = window[:, 5:8].astype(np.int16) - ord("0")
     used = np.arange(3) < ndig[:, None]
     if not ((window[:, :5] == np.frombuffer(b"spte ", np.uint8)).all()
             and ((digits >= 0) & (digits <= 9) | ~used).all()):
@@ -100,8 +100,8 @@ def parse_dump_columns(data: bytes, source: str = "") -> DumpColumns | None:
     sep = sliding_window_view(buf, 3)[s1 - 19]
     if not (sep == np.frombuffer(b" 0x", np.uint8)).all():
         return None
-    weights = np.where(used, 10 ** np.maximum(ndig[:, None] - 1 - np.arange(3), 0), 0)
-    idx = (digits * weights).sum(axis=1)
+    two = digits[:, 0] * 10 + digits[:, 1]
+    idx = np.where(ndig == 1, digits[:, 0], np.where(ndig == 2, two, two * 10 + digits[:, 2])).astype(np.int64)
     value = _hex_u64(sliding_window_view(buf, 16)[s1 - 16])
     if value is None or (idx >= SP_ENTRIES).any():
         return None

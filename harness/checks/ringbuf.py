@@ -37,10 +37,12 @@ class RingBufferError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Records:
-    """Every data record's data offset in the file (page order, then record order: each CPU's own order),
-    and ftrace's missing-events marks: pages marked, and the events they say were lost where stored."""
+    """Every data record's data offset in the file and its data's length in bytes (page order, then record
+    order: each CPU's own order), and ftrace's missing-events marks: pages marked, and the events they say
+    were lost where stored."""
 
     offsets: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
     lost_markers: int
     lost_events: int
 
@@ -58,7 +60,7 @@ def find_records(words: npt.NDArray[np.uint32], cpus: list[tuple[int, int]], pag
     starts = [np.arange(off, off + size - page_size + 1, page_size, dtype=np.int64) for off, size in cpus]
     page = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     if page.size == 0:
-        return Records(np.zeros(0, np.int64), 0, 0)
+        return Records(np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 0)
     commit = _u64(words, page + 8)
     end = page + PAGE_HEADER + (commit & np.uint64(COMMIT_MASK)).astype(np.int64)
     bad = np.flatnonzero(end > page + page_size)
@@ -71,6 +73,7 @@ def find_records(words: npt.NDArray[np.uint32], cpus: list[tuple[int, int]], pag
 
     # out[page, k]: the data offset of the page's k-th record (0: none); grown as the fullest page needs
     out = np.zeros((page.size, 64), np.int64)
+    out_len = np.zeros((page.size, 64), np.int64)
     pos = page + PAGE_HEADER
     count = np.zeros(page.size, np.int64)
     live = np.flatnonzero(pos < end)
@@ -91,7 +94,9 @@ def find_records(words: npt.NDArray[np.uint32], cpus: list[tuple[int, int]], pag
             k = count[rows]
             if int(k.max()) >= out.shape[1]:
                 out = np.concatenate([out, np.zeros_like(out)], axis=1)
+                out_len = np.concatenate([out_len, np.zeros_like(out_len)], axis=1)
             out[rows, k] = np.where(big[has], p[has] + 8, p[has] + 4)
+            out_len[rows, k] = np.where(big[has], length[has] - 4, tl[has].astype(np.int64) << 2)
             count[rows] = k + 1
         done = pad & (h >> 5 == 0)  # padding to the page's end
         pos[live] = np.where(done, end[live], nxt)
@@ -99,6 +104,6 @@ def find_records(words: npt.NDArray[np.uint32], cpus: list[tuple[int, int]], pag
         if over.size:
             raise RingBufferError(f"page at {int(page[over[0]]):#x}", "a record runs past the page's data")
         live = live[pos[live] < end[live]]
-    used = out[:, : int(count.max()) if count.size else 0]
-    offsets = used[np.arange(used.shape[1]) < count[:, None]]
-    return Records(offsets, int(missing.sum()), lost_events)
+    width = int(count.max()) if count.size else 0
+    taken = np.arange(width) < count[:, None]
+    return Records(out[:, :width][taken], out_len[:, :width][taken], int(missing.sum()), lost_events)

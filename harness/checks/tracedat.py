@@ -188,8 +188,16 @@ def decode_columns(data: bytes | memoryview, stats: TraceStats | None = None) ->
         if fmt is None:
             continue  # a kernel without patch 0004 has no kvm_mmu_wp_*
         dt = record_dtype(fmt, names)
+        mine = etype == fmt.id
+        short = np.flatnonzero(mine & (recs.lengths < dt.itemsize))
+        if short.size:
+            raise TraceFormatError(0, f"record at offset {int(recs.offsets[short[0]])}", f"a {name} record of"
+                                   f" {int(recs.lengths[short[0]])} bytes, shorter than its format's {dt.itemsize}")
+        if not mine.any():
+            parts.append((name, np.zeros(0, dt)))
+            continue
         # each record's words, copied row by row from a strided view (no index per word)
-        rec = sliding_window_view(words, dt.itemsize // 4)[recs.offsets[etype == fmt.id] >> 2].view(dt).ravel()
+        rec = sliding_window_view(words, dt.itemsize // 4)[recs.offsets[mine] >> 2].view(dt).ravel()
         parts.append((name, rec))
         if name == "kvm_mmu_pw_spte":
             bad = np.flatnonzero((rec["idx"] < 0) | (rec["idx"] >= 512))

@@ -216,16 +216,19 @@ def _read_v7(r: _Reader, page_size: int) -> tuple[Layout, bytes]:
                 raise TraceFormatError(0, "BUFFER_TEXT", "a latency trace, not a flyrecord one")
             elif oid == OPT_BUFFER and buffer is None:
                 buffer = bytes(data)  # the first is the top instance's (trace-cmd extract writes only it)
-    if buffer is None or set(where) != {OPT_HEADER_INFO, OPT_EVENT_FORMATS}:
-        raise TraceFormatError(0, "options", "no BUFFER, HEADER_INFO or EVENT_FORMATS option (truncated?)")
+    if set(where) != {OPT_HEADER_INFO, OPT_EVENT_FORMATS}:
+        raise TraceFormatError(0, "options", "no HEADER_INFO or EVENT_FORMATS option (truncated?)")
     _header_info(sections.section(where[OPT_HEADER_INFO], OPT_HEADER_INFO, "HEADER_INFO"))
     formats = _event_formats(sections.section(where[OPT_EVENT_FORMATS], OPT_EVENT_FORMATS, "EVENT_FORMATS"))
-    b = _Reader(memoryview(buffer))
-    b.u(8, "flyrecord offset")
-    b.cstring("instance name")
-    b.cstring("trace clock")
-    page_size = b.u(4, "buffer page size") or page_size
-    cpus = [(b.u(4, "CPU id"), b.u(8, "CPU data offset"), b.u(8, "CPU data size")) for _ in range(b.u(4, "CPUs"))]
+    cpus: list[tuple[int, int, int]] = []
+    if buffer is not None:  # trace-cmd writes none for a trace without data (the options chain ended at DONE)
+        b = _Reader(memoryview(buffer))
+        b.u(8, "flyrecord offset")
+        b.cstring("instance name")
+        b.cstring("trace clock")
+        page_size = b.u(4, "buffer page size") or page_size
+        cpus = [(b.u(4, "CPU id"), b.u(8, "CPU data offset"), b.u(8, "CPU data size"))
+                for _ in range(b.u(4, "CPUs"))]
     pieces: list[bytes] = []
     layout: list[tuple[int, int]] = []
     at = 0
