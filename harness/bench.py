@@ -1,4 +1,5 @@
-"""Benchmark of the pw-bitmap checker on a synthetic capture: `python -m harness.bench [--events N] [--pages N]`.
+"""Benchmark of the pw-bitmap checker on a synthetic capture: `python -m harness.bench [--events N] [--pages N]`;
+with `--run DIR`, both checkers on every capture of a real run, timed and compared.
 
 The end-to-end figure is the one a run pays: from a trace.dat as the guest writes it (version 7, zstd:
 the synthetic events are written as version 6 by synth_dat and made version 7 by `trace-cmd convert`)
@@ -16,6 +17,7 @@ the real capture in tests/data/real/shadow-enable-test (when the repository is a
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import platform
@@ -32,11 +34,12 @@ from harness.checks.columnar import check_columns
 from harness.checks.consistency import check, check_snapshot
 from harness.checks.debugfs import parse_dump
 from harness.checks.dumpcols import parse_dump_columns
-from harness.checks.files import check_files, gc_paused, trace_dat_columns
-from harness.checks.findings import Verdict
+from harness.checks.files import check_files, gc_paused, read_capture, trace_dat_columns
+from harness.checks.findings import WP_COUNT_KEYS, Verdict
 from harness.checks.synth import SynthCapture, generate
 from harness.checks.synth_dat import write_trace_dat
 from harness.checks.trace import AnyEvent, TraceStats, parse_trace
+from harness.checks.tracedat import events_from_columns
 from harness.results import PASS
 
 T = TypeVar("T")
@@ -63,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="a real capture directory (trace.dat, pw_sptes.*) to time too (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=5, help="end-to-end runs, the median reported (default 5)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files and print their directory")
+    ap.add_argument("--run", type=Path, default=None,
+                    help="instead: both checkers on every capture of a run directory, timed and compared")
     args = ap.parse_args(argv)
+    if args.run is not None:
+        return compare_run(args.run)
 
     tmp = Path(tempfile.mkdtemp(prefix="harness-bench-"))
     trace_path = tmp / "trace.txt"
@@ -164,6 +171,43 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.machine()
+
+
+def compare_run(run: Path) -> int:
+    """The columnar and the object checker on every `capture/*/` of a run directory (`boot-test`'s): each
+    one's verdict and seconds, and whether they agree (the columnar one must PASS with the object one's counts
+    and reason, or hand over). Exit 1 if they disagree anywhere, 2 if the directory has no capture."""
+    caps = sorted(d for d in (run / "capture").glob("*") if (d / "trace.dat").is_file())
+    if not caps:
+        print(f"error: no capture/*/trace.dat under {run}", file=sys.stderr)
+        return 2
+    bad = 0
+    print(f"{'capture':<46} {'events':>9} {'dumps':>5}  columnar        objects         agree")
+    for d in caps:
+        dumps = sorted((d / "snapshots").glob("*"))
+        raw = [(str(p), read_capture(p)) for p in dumps]
+        fast, t_fast = _timed(functools.partial(_columnar_on, d / "trace.dat", raw))
+        ref, t_ref = _timed(functools.partial(_objects_on, d / "trace.dat", raw))
+        agree = fast is None or (ref.status == PASS and (fast.counts, fast.reason) == (ref.counts, ref.reason))
+        bad += not agree
+        print(f"{d.name:<46} {ref.counts['events']:>9,} {len(dumps):>5}  {fast.status if fast else 'hands over':<10}"
+              f" {t_fast:5.2f}s {ref.status:<8} {t_ref:5.2f}s  {'yes' if agree else 'NO'}")
+    return 1 if bad else 0
+
+
+def _columnar_on(trace: Path, raw: list[tuple[str, bytes]]) -> Verdict | None:
+    stats = TraceStats()
+    cols = trace_dat_columns(trace, stats)
+    parsed = [parse_dump_columns(data, src) for src, data in raw]
+    return check_columns([x for x in parsed if x is not None], cols, stats) if None not in parsed else None
+
+
+def _objects_on(trace: Path, raw: list[tuple[str, bytes]]) -> Verdict:
+    stats = TraceStats()
+    evs = events_from_columns(trace_dat_columns(trace, stats))
+    return check([parse_dump(data.decode("utf-8", "replace"), src) for src, data in raw], evs,
+                 lost_events=stats.lost_events, require_trace=True,
+                 wp_counts={k: getattr(stats, k) for k in WP_COUNT_KEYS})
 
 
 def _real_capture(where: Path, repeat: int) -> tuple[int, float, Verdict] | None:

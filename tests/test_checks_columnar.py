@@ -180,3 +180,17 @@ def test_another_vms_wp_event_does_not_end_a_loads_check() -> None:
     moved = _renumber([replace(e, seq=i) for i, e in enumerate(moved)])
     ref = check_both(snaps, moved)
     assert ref.status == "FAIL" and "wp_load_left_writable" in ref.reason, ref
+
+
+def test_bench_run_compares_both_checkers_on_a_runs_captures(tmp_path: Path, capsys) -> None:
+    from harness.bench import compare_run
+
+    cap = tmp_path / "capture" / "kvm.shadow.dirty_log_enable_test"
+    (cap / "snapshots").mkdir(parents=True)
+    (cap / "trace.dat").write_bytes((REAL / "trace.dat").read_bytes())
+    for p in sorted(REAL.glob("pw_sptes.*")):
+        (cap / "snapshots" / p.name).write_bytes(p.read_bytes())
+    assert compare_run(tmp_path) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == cap.name and row[1] == "33,156" and row[3] == "PASS" and row[-1] == "yes"
+    assert compare_run(tmp_path / "nothing") == 2
