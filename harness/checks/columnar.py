@@ -157,7 +157,7 @@ def check_columns(dumps: list[DumpColumns], ev: EventColumns, stats: TraceStats)
 
 
 def _compare(d: DumpColumns, vms: npt.NDArray[np.uint64], inc_key: I64, alloc_seq: I64, free_seq: I64,
-             g2: I64, seq2: I64, now2: I64, wp: WpReplay, last_seq: int) -> bool:
+             g2: I64, seq2: I64, now2: npt.NDArray[np.bool_], wp: WpReplay, last_seq: int) -> bool:
     """The replay at the dump's seq reproduces the dump (Replay._compare): each dumped page is a live
     incarnation with the same bitmap and generation, and no other incarnation of the VM has a bit set."""
     s = d.seq
