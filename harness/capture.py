@@ -3,7 +3,7 @@
 Before the workload: the instrumentation's trace events on, the ring buffer
 cleared and sized so nothing is lost (no overwrite: a full buffer drops new
 events and counts them), and a background loop that dumps every live VM's
-pw_sptes file at a fixed interval. After it: the loop stopped, tracing off,
+pw_sptes file at a fixed interval (and a new VM's at once). After it: the loop stopped, tracing off,
 the ring buffer's per-CPU counters read, the ring buffer written as trace.dat
 (`trace-cmd extract`), and everything streamed back as one uncompressed tar
 into the artifacts (the dumps are gzipped one by one in the guest). Losses are reported, never hidden: the
@@ -35,6 +35,47 @@ class CaptureSettings:
     snapshot_interval_s: float = 2.0
 
 
+def snapshot_loop(s: CaptureSettings, debugfs: str = "/sys/kernel/debug/kvm", cap: str = CAP) -> str:
+    """The guest's background loop that dumps every VM's pw_sptes into `cap`/snapshots until `cap`/stop
+    exists, then touches `cap`/stopped (POSIX sh: busybox ash in the guest)."""
+    return f"""# Snapshot loop: every live VM's dump each interval, and a VM first seen at
+# once (checked every 0.2 s): even a VM that dies within the interval leaves
+# a dump, whose masks the trace replay needs. A dump whose VM vanished
+# mid-read has no 'end' line and is counted (vanished), not kept.
+(
+  n=0
+  mkdir -p {cap}/seen
+  dump() {{
+    n=$((n+1))
+    out={cap}/snapshots/$(printf %06d $n)-$(basename $(dirname $1)).txt
+    if cat "$1" > $out 2>/dev/null && tail -n 1 $out | grep -q '^end '; then
+      gzip -1 $out
+    else
+      rm -f $out; echo x >> {cap}/vanished
+    fi
+  }}
+  while [ ! -e {cap}/stop ]; do
+    for f in {debugfs}/*/pw_sptes; do
+      [ -e "$f" ] || continue
+      touch {cap}/seen/$(basename $(dirname $f))
+      dump "$f"
+    done
+    # the interval in 0.2 s steps, so a stop request waits at most one step (not a whole interval)
+    i=0
+    while [ $i -lt {max(1, round(s.snapshot_interval_s / 0.2))} ] && [ ! -e {cap}/stop ]; do
+      sleep 0.2; i=$((i+1))
+      for f in {debugfs}/*/pw_sptes; do
+        [ -e "$f" ] && [ ! -e {cap}/seen/$(basename $(dirname $f)) ] || continue
+        touch {cap}/seen/$(basename $(dirname $f))
+        dump "$f"
+      done
+    done
+  done
+  touch {cap}/stopped
+) >/dev/null 2>&1 &
+"""
+
+
 def start_script(s: CaptureSettings) -> str:
     enable = "\n".join([*(f"echo 1 > $T/events/kvmmmu/{e}/enable || exit 3" for e in EVENTS),
                         *(f"[ -d $T/events/kvmmmu/{e} ] && echo 1 > $T/events/kvmmmu/{e}/enable"
@@ -51,29 +92,7 @@ echo {s.buffer_kb_per_cpu} > $T/buffer_size_kb
 echo > $T/trace
 {enable}
 echo 1 > $T/tracing_on
-# Snapshot loop: every live VM's dump; a dump whose VM vanished mid-read has
-# no 'end' line and is counted (vanished), not kept.
-(
-  n=0
-  while [ ! -e {CAP}/stop ]; do
-    for f in /sys/kernel/debug/kvm/*/pw_sptes; do
-      [ -e "$f" ] || continue
-      n=$((n+1))
-      out={CAP}/snapshots/$(printf %06d $n)-$(basename $(dirname $f)).txt
-      if cat "$f" > $out 2>/dev/null && tail -n 1 $out | grep -q '^end '; then
-        gzip -1 $out
-      else
-        rm -f $out; echo x >> {CAP}/vanished
-      fi
-    done
-    # the interval in 0.2 s steps, so a stop request waits at most one step (not a whole interval)
-    i=0
-    while [ $i -lt {max(1, round(s.snapshot_interval_s / 0.2))} ] && [ ! -e {CAP}/stop ]; do
-      sleep 0.2; i=$((i+1))
-    done
-  done
-  touch {CAP}/stopped
-) >/dev/null 2>&1 &
+{snapshot_loop(s)}
 echo started
 """
 
@@ -96,7 +115,7 @@ trace-cmd extract -o {CAP}/trace.dat > {CAP}/extract.log 2>&1 ||
   {{ echo "trace-cmd extract failed:"; tail -n 5 {CAP}/extract.log; exit 5; }}
 echo > $T/trace
 [ -e {CAP}/vanished ] && wc -l < {CAP}/vanished > {CAP}/vanished-count || echo 0 > {CAP}/vanished-count
-rm -f {CAP}/vanished {CAP}/stop {CAP}/stopped
+rm -rf {CAP}/vanished {CAP}/stop {CAP}/stopped {CAP}/seen
 echo done
 """
 

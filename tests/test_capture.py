@@ -32,3 +32,34 @@ def test_stop_script_reads_losses_and_packs_the_trace():
     # the binary ring buffer, read after the loss counters (extract consumes it); a failed extract stops the capture
     assert s.index("ring-stats.txt") < s.index("trace-cmd extract -o /tmp/kvm-harness-capture/trace.dat")
     assert "trace-cmd extract failed" in s and "exit 5" in s
+
+
+def test_the_snapshot_loop_dumps_a_new_vm_at_once_and_stops_on_request(tmp_path):
+    """Run the guest's loop for real (POSIX sh) over a fake debugfs: a VM that appears mid-interval is dumped
+    within a 0.2 s step, not at the next interval (a selftest that fails in a second still leaves a dump,
+    whose masks the trace replay needs); a dump without its end line is counted, not kept."""
+    import subprocess
+    import time
+
+    debugfs, cap = tmp_path / "kvm", tmp_path / "cap"
+    (cap / "snapshots").mkdir(parents=True)
+    debugfs.mkdir()
+    loop = capture.snapshot_loop(capture.CaptureSettings(snapshot_interval_s=30), str(debugfs), str(cap))
+    subprocess.run(["sh", "-c", loop], check=True, timeout=10)
+    time.sleep(0.5)  # the first interval's pass found no VM; the next one is 30 s away
+    (debugfs / "123-4").mkdir()
+    (debugfs / "123-4" / "pw_sptes").write_text("kvm-pw-sptes v2\nend pages=0 sptes=0 truncated=0\n")
+    (debugfs / "123-5").mkdir()
+    (debugfs / "123-5" / "pw_sptes").write_text("kvm-pw-sptes v2\npage spt=0x1")  # cut: the VM went away
+    deadline = time.monotonic() + 5
+    while len(list((cap / "snapshots").glob("*-123-4.txt.gz"))) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # dumped long before the next interval (30 s): the 5 s wait above is a timeout, not a measure
+    assert [p.name for p in (cap / "snapshots").iterdir()] == ["000001-123-4.txt.gz"]
+    (cap / "stop").touch()
+    deadline = time.monotonic() + 5
+    while not (cap / "stopped").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (cap / "stopped").exists()
+    assert len(list((cap / "snapshots").glob("*-123-4.txt.gz"))) == 1  # once: the next interval never came
+    assert (cap / "vanished").read_text() == "x\n"
