@@ -152,7 +152,7 @@ def test_a_broken_capture_is_never_a_columnar_pass_alone(capture, seed: int) -> 
         assert columnar_verdict(snaps, events) is None, how
 
 
-def test_a_disable_between_a_load_and_its_protection_is_seen() -> None:
+def test_a_leaf_event_between_a_load_and_its_protection_is_seen() -> None:
     """A load's non-leaf sptes must be the VM's next events: anything of the VM in between is a failure, even
     an event the columnar loop does not walk (a level-1 spte's)."""
     snaps, events = real()
