@@ -3,22 +3,21 @@
 Formats, as this reads them (trace-cmd's Documentation/trace-cmd/trace-cmd.dat.v6.5.txt and v7.5.txt):
   * version 6: header, header_page, header_event, ftrace and event format files, kallsyms, printk formats,
     cmdlines, CPU count, options, then `flyrecord` with each CPU's offset and size;
-  * version 7 (what the guest's `trace-cmd extract` writes): the header names a compression ("zstd", "zlib"
-    or "none") and the first options section; sections (u16 id, u16 flags, u32 description, u64 size; bit 0
-    of the flags: compressed, then u32 compressed size, u32 size) are found through options: HEADER_INFO
-    (16), EVENT_FORMATS (18), BUFFER (3: the flyrecord section, page size, each CPU's offset and size), DONE
-    (0: the next options section). A CPU's data is a u32 chunk count, then chunks (u32 compressed size,
-    u32 size, the data), each a whole number of ring buffer pages.
-Version 7's CPU data is decompressed here, in memory, with python-zstandard (zlib from the standard
-library): the ring buffer pages then lie exactly as in a version-6 file. A file cut anywhere, or whose
-chunks do not decompress to their stated size, raises TraceFormatError naming what is missing: a partial
-trace is never taken for a whole one. Only little-endian files of 64-bit user space are read.
+  * version 7 (what the guest's `trace-cmd extract` writes): the header names a compression ("zstd" and
+    "none" are read; Debian's trace-cmd writes no other) and the first options section; sections (u16 id,
+    u16 flags, u32 description, u64 size; bit 0 of the flags: compressed, then u32 compressed size, u32
+    size) are found through options: HEADER_INFO (16), EVENT_FORMATS (18), BUFFER (3: the flyrecord section,
+    page size, each CPU's offset and size), DONE (0: the next options section). A CPU's data is a u32 chunk
+    count, then chunks (u32 compressed size, u32 size, the data), each a whole number of ring buffer pages.
+Version 7's CPU data is decompressed here, in memory, with python-zstandard: the ring buffer pages then lie
+exactly as in a version-6 file. A file cut anywhere, or whose chunks do not decompress to their stated size,
+raises TraceFormatError naming what is missing: a partial trace is never taken for a whole one. Only
+little-endian files of 64-bit user space are read.
 """
 
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -163,8 +162,6 @@ class _Sections:
         if compression == "zstd":
             zd = zstandard.ZstdDecompressor()
             self.inflate = lambda data, size: zd.decompress(data, max_output_size=size)
-        elif compression == "zlib":
-            self.inflate = lambda data, size: zlib.decompress(data, bufsize=max(size, 1))
         elif compression == "none":
             self.inflate = lambda data, size: bytes(data)
         else:
@@ -175,7 +172,7 @@ class _Sections:
         packed, size = r.u(4, f"{what} compressed size"), r.u(4, f"{what} size")
         try:
             out = self.inflate(r.take(packed, what), size)
-        except (zstandard.ZstdError, zlib.error) as e:
+        except zstandard.ZstdError as e:
             raise TraceFormatError(0, what, f"{what} does not decompress: {e}") from None
         if len(out) != size:
             raise TraceFormatError(0, what, f"{what} decompresses to {len(out)} bytes, not {size}")
