@@ -31,6 +31,12 @@ class Observed:
     status: str
     retried_pass: bool = False
 
+    @classmethod
+    def of(cls, test: Mapping[str, Any]) -> Observed:
+        """A test of harness-results.json as observed: its status, and the flag verdicts.merge_attempts sets
+        on a pass that came only on the retry (`evidence.flaky`)."""
+        return cls(test["status"], bool(test.get("evidence", {}).get("flaky")))
+
 
 def inputs_key(meta: Mapping[str, Any]) -> str:
     """A digest of a run's inputs from its metadata.json: source commit (or tarball sha256), the series'

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .changes import Observed
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nights (
     id INTEGER PRIMARY KEY, stamp TEXT NOT NULL, plan TEXT NOT NULL, started REAL NOT NULL,
@@ -97,7 +99,7 @@ class History:
             db.executemany(
                 "INSERT INTO tests (run_id, path, status, reason, retried_pass, figures, change)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, t["path"], t["status"], t.get("reason", ""), int(bool(t.get("evidence", {}).get("flaky"))),
+                [(run_id, t["path"], t["status"], t.get("reason", ""), int(Observed.of(t).retried_pass),
                   json.dumps(t.get("evidence", {}).get("figures")) if t.get("evidence", {}).get("figures") else None,
                   changes.get(t["path"], "same")) for t in tests])
         return run_id

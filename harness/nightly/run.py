@@ -108,7 +108,7 @@ def run(plan: Plan, results_root: Path) -> int:
             tests = _read(outcome.run_dir / "harness-results.json").get("results", [])
             inputs = changes_mod.inputs_key(meta)
             prev = history.previous(combo.key)
-            current = {t["path"]: changes_mod.Observed(t["status"], bool(t.get("evidence", {}).get("flaky")))
+            current = {t["path"]: changes_mod.Observed.of(t)
                        for t in tests}
             ch = changes_mod.classify(prev.statuses if prev else None, prev.inputs if prev else None, current, inputs)
             history.record_run(night_id, combo.key, meta, inputs, tests, ch)
