@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from checkers import check_both, columnar_verdict
 
-from harness.checks.debugfs import Snapshot, parse_dump
+from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
 from harness.checks.files import check_files, trace_dat_columns
+from harness.checks.synth import DEFAULT_MASKS as M
 from harness.checks.synth import generate
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, TraceStats, WpAllEvent, WpLoadEvent, parse_trace
 from harness.checks.tracedat import events_from_columns
@@ -194,3 +195,25 @@ def test_bench_run_compares_both_checkers_on_a_runs_captures(tmp_path: Path, cap
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row[0] == cap.name and row[1] == "33,156" and row[3] == "PASS" and row[-1] == "yes"
     assert compare_run(tmp_path / "nothing") == 2
+
+
+def test_what_a_review_found_hands_over_or_agrees() -> None:
+    """Three captures found by reading both checkers side by side (session 7)."""
+    vm, po = 0xFFFF888004A3C000, 0xFFFF888000000000
+    r, c = po + 0x6E2D000, 0x6E2E000
+    # a writable link whose child address, added to PAGE_OFFSET, passes 2**64: no page is there, nothing judged
+    link = (2**64 - po + c) | 0x800 | 0x2
+    evs: list[AnyEvent] = [PageEvent(1, vm, r, 0, 0x1704, 4, "alloc", 0, 0),
+                           PageEvent(2, vm, c, 0, 0x1703, 3, "alloc", 0, 0),
+                           SpteEvent(3, vm, r, 0, 0x1704, 4, 0, 0, link, 1, 0)]
+    snap = Snapshot(vm, 3, M, 0, [ShadowPage(r, 0, 0x1704, 4, False, False, 1, 1, {0: link}, 10, 0),
+                                  ShadowPage(c, 0, 0x1703, 3, False, False, 0, 0, {}, 12, 0)],
+                    False, True, "d", WpAll(1 << 63, po))
+    assert check_both([snap], evs).counts["wp_checks"] == 0
+    assert columnar_verdict([snap], evs) is not None
+    # a trace with no page event at all, and a dump listing a page: the reference's capture fault
+    lonely = Snapshot(vm, 1, M, 0, [ShadowPage(0x5000, 0, 0x1701, 1, False, False, 0, 0, {}, 6)], False, True, "d")
+    assert check_both([lonely], [WpAllEvent(1, vm, True, 1, 0)]).status == "ERROR"
+    # a counter no int64 holds
+    huge = Snapshot(vm, 1, M, 0, [ShadowPage(0x5000, 0, 0x1701, 1, False, False, 2**70, 0, {}, 6)], False, True, "d")
+    assert check_both([huge], [PageEvent(1, vm, 0x5000, 0, 0x1701, 1, "alloc", 0, 0)]).status == "FAIL"

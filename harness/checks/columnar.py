@@ -58,6 +58,7 @@ def _self_check(d: DumpColumns, pm: int, wm: int) -> int | None:
     link = (((v & both) == both) & ((v & np.uint64(PT_PAGE_SIZE_MASK)) == 0) & (d.level[d.row] != 1)
             & (d.wp_gen[d.row] == np.uint64(wp.gen)))
     child = (v[link] & np.uint64(SPTE_BASE_ADDR_MASK)) + np.uint64(wp.page_offset)
+    child = child[child >= np.uint64(wp.page_offset)]  # a sum past 2**64 wrapped: no page is there (as in ints)
     order = np.argsort(d.spt)
     at = np.minimum(np.searchsorted(d.spt, child, sorter=order), d.spt.size - 1)
     rows = order[at] if d.spt.size else at
@@ -164,7 +165,7 @@ def _compare(d: DumpColumns, vms: npt.NDArray[np.uint64], inc_key: I64, alloc_se
     if s > last_seq:
         return False
     at = int(np.searchsorted(vms, np.uint64(d.vm)))
-    if at == vms.size or int(vms[at]) != d.vm:
+    if at == vms.size or int(vms[at]) != d.vm or inc_key.size == 0:
         return d.spt.size == 0
     if ((d.spt & np.uint64(0xFFF)) != 0).any():
         return False

@@ -126,7 +126,10 @@ def parse_dump_columns(data: bytes, source: str = "") -> DumpColumns | None:
         m = PAGE_RE.fullmatch(line.decode("ascii", "replace"))
         if m is None or (m[8] is None) == head.v2:
             return None
-        spt[r], gfn[r], level[r], count[r] = int(m[1], 16), int(m[2], 16), int(m[4]), int(m[7])
+        try:
+            spt[r], gfn[r], level[r], count[r] = int(m[1], 16), int(m[2], 16), int(m[4]), int(m[7])
+        except OverflowError:  # a count or level no int64 holds: parse_dump reads it, consistency.check judges
+            return None
         if m[8] is not None:
             wp_gen[r] = int(m[8], 16)
         bitmap_text[r] = np.frombuffer(m[9].replace(",", "").encode(), np.uint8)
