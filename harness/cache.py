@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -80,23 +81,56 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+PUBLISHING = ".publishing"  # in a temporary entry: flocked by the process that builds it, until renamed
+ORPHAN_AGE_S = 60  # a temporary entry without its lock file (made before it existed) older than this is orphaned
+
+
+def sweep_orphans(parent: Path) -> list[str]:
+    """Remove the temporary entries under `parent` whose publisher died (SIGKILL, a lost machine): their
+    `.publishing` lock can be taken. A live publisher's stays. Returns the names removed."""
+    gone = []
+    for d in parent.glob(".*.tmp-*"):
+        if not d.is_dir():
+            continue  # write_json's temporary files are renamed at once, never left to sweep
+        try:
+            with open(d / PUBLISHING) as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # being built right now
+        except FileNotFoundError:
+            try:
+                if os.stat(d).st_mtime > time.time() - ORPHAN_AGE_S:
+                    continue  # just made: its publisher may not have locked it yet
+            except FileNotFoundError:
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+        gone.append(d.name)
+    return gone
+
+
 @contextlib.contextmanager
 def publishing(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; rename it into place on success.
 
     On any exception (including KeyboardInterrupt) the temporary directory is
-    removed and `final` is left as it was.
+    removed and `final` is left as it was. A process killed outright cannot remove
+    it: the temporary directory holds a flocked `.publishing` file while it is
+    built, so the next publisher in the same directory (sweep_orphans) removes it.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_orphans(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with open(tmp / PUBLISHING, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield tmp
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            (final / PUBLISHING).unlink()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def write_json(path: Path, data: object) -> None:

@@ -124,9 +124,13 @@ def table(found: list[Entry], now: float) -> str:
 
 
 def prune(root: Path, max_age_days: float | None, max_size: str | None) -> tuple[list[Entry], list[Entry]]:
-    """Prune the cache at `root`; returns (removed, held: chosen but in use by a running harness)."""
+    """Prune the cache at `root`; returns (removed, held: chosen but in use by a running harness). The
+    temporary entries of harness processes that were killed outright go first (cache.sweep_orphans)."""
     if max_age_days is None and max_size is None:
         raise UsageError("cache prune needs --max-age DAYS and/or --max-size SIZE")
+    for kind in ("builds", "images", "sources"):
+        if (root / kind).is_dir():
+            cache.sweep_orphans(root / kind)
     found = entries(root)
     chosen = choose(found, time.time(), None if max_age_days is None else max_age_days * 86400,
                     None if max_size is None else parse_size(max_size))

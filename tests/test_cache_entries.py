@@ -110,3 +110,32 @@ def test_cache_usage_errors(root, capsys):
         cache_entries.parse_size("G")
     assert main(["cache", "list"]) == 0
     assert "total" in capsys.readouterr().out
+
+
+def test_a_killed_publishers_temporary_entry_is_swept_a_live_ones_is_not(tmp_path):
+    """`kill -9` during a build leaves `.KEY.tmp-*` behind; the next publisher in the directory removes it.
+    One whose `.publishing` lock is held (a build running now), or too fresh to be locked yet, stays."""
+    import fcntl
+    import os
+    import time
+
+    from harness import cache
+
+    builds = tmp_path / "builds"
+    dead = builds / ".aaaa.tmp-dead"
+    live = builds / ".bbbb.tmp-live"
+    legacy = builds / ".cccc.tmp-old"  # made before the lock file existed
+    fresh = builds / ".dddd.tmp-new"
+    for d in (dead, live, legacy, fresh):
+        d.mkdir(parents=True)
+    (dead / cache.PUBLISHING).touch()
+    (live / cache.PUBLISHING).touch()
+    old = time.time() - 2 * cache.ORPHAN_AGE_S
+    os.utime(legacy, (old, old))
+    with open(live / cache.PUBLISHING) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with cache.publishing(builds / "eeee") as out:
+            (out / "build.json").write_text("{}")
+        assert sorted(p.name for p in builds.iterdir()) == [".bbbb.tmp-live", ".dddd.tmp-new", "eeee"]
+    assert sorted(p.name for p in (builds / "eeee").iterdir()) == ["build.json"]  # no lock file left in it
+    assert cache.sweep_orphans(builds) == [".bbbb.tmp-live"]  # its publisher is gone now
