@@ -10,8 +10,9 @@ Why: a real run traces millions of spte changes and dumps thousands of pages; th
 part of a run. Each stage is timed separately (the object path's text parse, replay and dump parse; the
 columnar path's decode, dump parse and check; the whole check_files) so a slow figure points at its stage.
 The data come from harness.checks.synth with a fixed seed and are checked for PASS first: a benchmark of
-input the checker rejects would measure nothing. Synthetic captures have no write-protect-all events, so
-the real capture in tests/data/real/shadow-enable-test (when the repository is at hand) is timed too.
+input the checker rejects would measure nothing. Synthetic captures model no write-protect-all: the
+trace.dat ends with one enable, so that the columnar checker's write-protect-all loop walks the ~11% of events
+it concerns, and the real capture in tests/data/real/shadow-enable-test (when at hand) is timed too.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from harness.checks.files import check_files, gc_paused, read_capture, trace_dat
 from harness.checks.findings import WP_COUNT_KEYS, Verdict
 from harness.checks.synth import SynthCapture, generate
 from harness.checks.synth_dat import write_trace_dat
-from harness.checks.trace import AnyEvent, TraceStats, parse_trace
+from harness.checks.trace import AnyEvent, TraceStats, WpAllEvent, parse_trace
 from harness.checks.tracedat import events_from_columns
 from harness.results import PASS
 
@@ -95,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     incs, t_dump_check = _timed(lambda: check_snapshot(big))
     # 4. all of it from the files, as the pipeline calls it: the text trace, then the guest's trace.dat
     dat_path = tmp / "trace.dat"
-    _write_guest_trace_dat(events, dat_path)
+    # The trace.dat ends with a write-protect-all enable (of the last event's VM): the columnar checker's
+    # write-protect-all loop then walks every event it concerns (page events, sptes above level 1), as on a
+    # real capture, and none after it is judged against a generation (the synthetic links are not real).
+    big_vm = max(events, key=lambda e: e.seq).vm
+    _write_guest_trace_dat([*events, WpAllEvent(max(e.seq for e in events) + 1, big_vm, True, 1, 0)], dat_path)
     del events  # the memory of a million events, before the next stages
     verdict_text, t_all_text = _timed(lambda: check_files(dump_paths, trace_path))
     stats = TraceStats()
