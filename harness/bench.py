@@ -31,12 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from harness.checks.columnar import check_columns
+from harness.checks.columnar import check_capture_columns
 from harness.checks.consistency import check, check_snapshot
 from harness.checks.debugfs import parse_dump
 from harness.checks.dumpcols import parse_dump_columns
 from harness.checks.files import check_files, gc_paused, read_capture, trace_dat_columns
-from harness.checks.findings import WP_COUNT_KEYS, Verdict
+from harness.checks.findings import Verdict
 from harness.checks.synth import SynthCapture, generate
 from harness.checks.synth_dat import write_trace_dat
 from harness.checks.trace import AnyEvent, TraceStats, WpAllEvent, parse_trace
@@ -99,17 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     # The trace.dat ends with a write-protect-all enable (of the last event's VM): the columnar checker's
     # write-protect-all loop then walks every event it concerns (page events, sptes above level 1), as on a
     # real capture, and none after it is judged against a generation (the synthetic links are not real).
-    big_vm = max(events, key=lambda e: e.seq).vm
-    _write_guest_trace_dat([*events, WpAllEvent(max(e.seq for e in events) + 1, big_vm, True, 1, 0)], dat_path)
+    last = max(events, key=lambda e: e.seq)
+    _write_guest_trace_dat([*events, WpAllEvent(last.seq + 1, last.vm, True, 1, 0)], dat_path)
     del events  # the memory of a million events, before the next stages
     verdict_text, t_all_text = _timed(lambda: check_files(dump_paths, trace_path))
     stats = TraceStats()
     cols, t_decode = _timed(lambda: trace_dat_columns(dat_path, stats))
     big_cols, t_big_cols = _timed(lambda: parse_dump_columns(big_text.encode(), "big"))
-    dump_cols = [parse_dump_columns(p.read_bytes(), str(p)) for p in dump_paths]
-    def columnar() -> Verdict | None:
-        return check_columns([d for d in dump_cols if d is not None], cols, stats)
-    fast, t_columns = _timed(columnar)
+    raw = [(str(p), p.read_bytes()) for p in dump_paths]
+    fast, t_columns = _timed(lambda: check_capture_columns(raw, cols, stats))
     # end to end, as a run pays it: the median of several, since one figure on a shared machine is noise
     ends = [_timed(lambda: check_files(dump_paths, dat_path)) for _ in range(args.repeat)]
     verdict = ends[0][0]
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         ("trace.dat (v7, zstd): read + decode to columns", t_decode, f"{n_ev / t_decode:,.0f} events/s"),
         ("dump parse to columns (big VM)", t_big_cols, f"{cap.big_vm_pages / t_big_cols:,.0f} pages/s,"
          f" {cap.big_vm_sptes / t_big_cols:,.0f} sptes/s"),
-        ("columnar check (all dumps, all events)", t_columns, f"{n_ev / t_columns:,.0f} events/s"),
+        ("dumps to columns + columnar check (all)", t_columns, f"{n_ev / t_columns:,.0f} events/s"),
         (f"check_files, trace.dat (end to end, median of {args.repeat})", t_all,
          f"{n_ev / t_all:,.0f} events/s end to end (runs: {', '.join(f'{t:.3f}' for _, t in ends)} s)"),
     ]
@@ -202,9 +200,7 @@ def compare_run(run: Path) -> int:
 
 def _columnar_on(trace: Path, raw: list[tuple[str, bytes]]) -> Verdict | None:
     stats = TraceStats()
-    cols = trace_dat_columns(trace, stats)
-    parsed = [parse_dump_columns(data, src) for src, data in raw]
-    return check_columns([x for x in parsed if x is not None], cols, stats) if None not in parsed else None
+    return check_capture_columns(raw, trace_dat_columns(trace, stats), stats)
 
 
 def _objects_on(trace: Path, raw: list[tuple[str, bytes]]) -> Verdict:
@@ -212,7 +208,7 @@ def _objects_on(trace: Path, raw: list[tuple[str, bytes]]) -> Verdict:
     evs = events_from_columns(trace_dat_columns(trace, stats))
     return check([parse_dump(data.decode("utf-8", "replace"), src) for src, data in raw], evs,
                  lost_events=stats.lost_events, require_trace=True,
-                 wp_counts={k: getattr(stats, k) for k in WP_COUNT_KEYS})
+                 wp_counts=stats.wp_counts())
 
 
 def _real_capture(where: Path, repeat: int) -> tuple[int, float, Verdict] | None:

@@ -45,7 +45,8 @@ def snapshot_loop(s: CaptureSettings, debugfs: str = "/sys/kernel/debug/kvm", ca
 (
   n=0
   mkdir -p {cap}/seen
-  dump() {{
+  dump() {{  # one VM's dump, the VM marked as seen
+    touch {cap}/seen/$(basename $(dirname $1))
     n=$((n+1))
     out={cap}/snapshots/$(printf %06d $n)-$(basename $(dirname $1)).txt
     if cat "$1" > $out 2>/dev/null && tail -n 1 $out | grep -q '^end '; then
@@ -57,7 +58,6 @@ def snapshot_loop(s: CaptureSettings, debugfs: str = "/sys/kernel/debug/kvm", ca
   while [ ! -e {cap}/stop ]; do
     for f in {debugfs}/*/pw_sptes; do
       [ -e "$f" ] || continue
-      touch {cap}/seen/$(basename $(dirname $f))
       dump "$f"
     done
     # the interval in 0.2 s steps, so a stop request waits at most one step (not a whole interval)
@@ -66,7 +66,6 @@ def snapshot_loop(s: CaptureSettings, debugfs: str = "/sys/kernel/debug/kvm", ca
       sleep 0.2; i=$((i+1))
       for f in {debugfs}/*/pw_sptes; do
         [ -e "$f" ] && [ ! -e {cap}/seen/$(basename $(dirname $f)) ] || continue
-        touch {cap}/seen/$(basename $(dirname $f))
         dump "$f"
       done
     done

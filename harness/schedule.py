@@ -37,7 +37,6 @@ W = TypeVar("W")
 VM_OVERHEAD_BYTES = 1 << 30
 
 
-
 def memory_bytes(spec: str) -> int:
     """QEMU's -m syntax as the harness accepts it (3G, 3072M, 3072 = MiB)."""
     return sizes.parse(spec, "--memory wants a size like 3G or 3072M", bare_mib=True)

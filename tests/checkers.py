@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from harness.checks.columnar import check_columns
+from harness.checks.columnar import check_capture_columns
 from harness.checks.consistency import check
 from harness.checks.debugfs import Snapshot
-from harness.checks.dumpcols import parse_dump_columns
 from harness.checks.findings import WP_COUNT_KEYS, Verdict
 from harness.checks.synth import format_dump
 from harness.checks.synth_dat import write_trace_dat
@@ -35,10 +34,7 @@ def columnar_verdict(snapshots: list[Snapshot], events: list[AnyEvent]) -> Verdi
     cols = decode_columns(data, stats)
     if sorted(map(format_event, events_from_columns(cols))) != sorted(map(format_event, events)):
         return None  # the trace.dat cannot carry this test's values as given
-    dumps = [parse_dump_columns(format_dump(s).encode(), s.source) for s in snapshots]
-    if any(d is None for d in dumps):
-        return None
-    return check_columns([d for d in dumps if d is not None], cols, stats)
+    return check_capture_columns([(s.source, format_dump(s).encode()) for s in snapshots], cols, stats)
 
 
 def check_both(snapshots: list[Snapshot], events: Iterable[AnyEvent], **kw: object) -> Verdict:

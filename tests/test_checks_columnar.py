@@ -73,8 +73,8 @@ def test_check_files_takes_the_columnar_verdict_on_a_real_trace_dat(monkeypatch)
     import harness.checks.files as files
 
     taken = []
-    real_check = files.check_columns
-    monkeypatch.setattr(files, "check_columns", lambda *a: taken.append(real_check(*a)) or taken[-1])
+    real_check = files.check_capture_columns
+    monkeypatch.setattr(files, "check_capture_columns", lambda *a: taken.append(real_check(*a)) or taken[-1])
     v = check_files(sorted(REAL.glob("pw_sptes.*")), REAL / "trace.dat")
     assert v.status == PASS and taken and taken[0] is v
     assert v.counts["wp_checks"] == 187 and v.counts["wp_loads"] == 76

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from harness.checks.dumpcols import DumpColumns
+from harness.checks.dumpcols import DumpColumns, parse_dump_columns
 from harness.checks.findings import Verdict, describe_counts, new_counts
 from harness.checks.replay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.checks.trace import TraceStats
@@ -37,6 +37,15 @@ from harness.results import PASS
 I64 = npt.NDArray[np.int64]
 _KEY_SHIFT = 52  # key = vm index << 52 | spt >> 12: spt is a page address, its page number is < 2**52
 _BIG = np.iinfo(np.int64).max
+
+
+def _page_keys(vm: I64 | int, spt: npt.NDArray[np.uint64]) -> I64 | None:
+    """A page's key, vm index << 52 | its page number: one int64 that sorts by VM, then page. None if an
+    spt is not page-aligned (two pages would then share a key)."""
+    if ((spt & np.uint64(0xFFF)) != 0).any():
+        return None
+    keys: I64 = (vm << _KEY_SHIFT) | (spt >> np.uint64(12)).astype(np.int64)
+    return keys
 
 
 def _self_check(d: DumpColumns, pm: int, wm: int) -> int | None:
@@ -68,6 +77,13 @@ def _self_check(d: DumpColumns, pm: int, wm: int) -> int | None:
     return int(found.sum())
 
 
+def check_capture_columns(dumps: list[tuple[str, bytes]], ev: EventColumns, stats: TraceStats) -> Verdict | None:
+    """check_columns() on dumps as their files hold them, (source, bytes) each: None also when a dump is not
+    one dumpcols reads (parse_dump then judges it)."""
+    parsed = [parse_dump_columns(data, src) for src, data in dumps]
+    return check_columns([d for d in parsed if d is not None], ev, stats) if None not in parsed else None
+
+
 def check_columns(dumps: list[DumpColumns], ev: EventColumns, stats: TraceStats) -> Verdict | None:
     """consistency.check's PASS verdict on these dumps and events, or None (see the module)."""
     n = len(ev)
@@ -75,8 +91,7 @@ def check_columns(dumps: list[DumpColumns], ev: EventColumns, stats: TraceStats)
         return None
     masks = dumps[0].masks
     pm, wm = np.uint64(masks.present), np.uint64(masks.writable | masks.mmu_writable)
-    counts = new_counts(snapshots=len(dumps), events=n, wp_all_enables=stats.wp_all_enables,
-                        wp_all_disables=stats.wp_all_disables, wp_loads=stats.wp_loads)
+    counts = new_counts(snapshots=len(dumps), events=n, **stats.wp_counts())
     for d in dumps:
         links = _self_check(d, int(pm), int(wm))
         if links is None:
@@ -98,10 +113,11 @@ def check_columns(dumps: list[DumpColumns], ev: EventColumns, stats: TraceStats)
         return None
     kind = ev.kind
     page_ev = np.flatnonzero(kind != WP_ALL)
-    if ((ev.spt[page_ev] & np.uint64(0xFFF)) != 0).any():
+    page_keys = _page_keys(vm_idx[page_ev], ev.spt[page_ev])
+    if page_keys is None:
         return None
     key = np.zeros(n, np.int64)
-    key[page_ev] = (vm_idx[page_ev] << _KEY_SHIFT) | (ev.spt[page_ev] >> np.uint64(12)).astype(np.int64)
+    key[page_ev] = page_keys
     # page events in (key, seq) order
     pk = order[kind[order] != WP_ALL]
     pk = pk[np.argsort(key[pk], kind="stable")]
@@ -167,9 +183,9 @@ def _compare(d: DumpColumns, vms: npt.NDArray[np.uint64], inc_key: I64, alloc_se
     at = int(np.searchsorted(vms, np.uint64(d.vm)))
     if at == vms.size or int(vms[at]) != d.vm or inc_key.size == 0:
         return d.spt.size == 0
-    if ((d.spt & np.uint64(0xFFF)) != 0).any():
+    keys = _page_keys(at, d.spt)
+    if keys is None:
         return False
-    keys = (at << _KEY_SHIFT) | (d.spt >> np.uint64(12)).astype(np.int64)
     lo = np.searchsorted(inc_key, keys, "left")
     cand = np.searchsorted(inc_key, keys, "right") - 1
     while True:  # the last incarnation of the page allocated by the dump's seq (a page has few)
@@ -186,7 +202,7 @@ def _compare(d: DumpColumns, vms: npt.NDArray[np.uint64], inc_key: I64, alloc_se
     upto = sq <= s
     nxt = np.zeros(g.size, bool)
     nxt[:-1] = upto[1:] & (g[1:] == g[:-1])
-    last = upto & ~nxt & (st == 1)
+    last = upto & ~nxt & st
     row_of = np.full(i1 - i0, -1, np.int64)
     row_of[cand - i0] = np.arange(cand.size)
     set_g = g[last]

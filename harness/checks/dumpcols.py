@@ -31,7 +31,7 @@ class DumpColumns:
     """One complete dump of one VM: the header's values, one row per page, one row per listed spte.
 
     `bits[row, i]` is bit i of the page's bitmap; `wp_gen` is 0 in a v1 dump (`wp_all` None); `row` of an
-    spte is its page's row. `line_no` is each page line's number, for messages.
+    spte is its page's row.
     """
 
     source: str

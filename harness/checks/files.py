@@ -11,26 +11,24 @@ import lzma
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from harness import proc
-from harness.checks.columnar import check_columns
+from harness.checks.columnar import check_capture_columns
 from harness.checks.consistency import check
 from harness.checks.debugfs import DumpFormatError, parse_dump
-from harness.checks.dumpcols import parse_dump_columns
-from harness.checks.findings import WP_COUNT_KEYS, Verdict, new_counts
+from harness.checks.findings import Verdict, new_counts
 from harness.checks.trace import AnyEvent, TraceFormatError, TraceStats, parse_trace
 from harness.checks.tracedat import EventColumns, decode_columns, events_from_columns
+from harness.checks.tracefile import MAGIC
 from harness.results import ERROR
-
-TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
 
 
 def is_trace_dat(path: Path) -> bool:
     with open(path, "rb") as f:
-        return f.read(len(TRACE_DAT_MAGIC)) == TRACE_DAT_MAGIC
+        return f.read(len(MAGIC)) == MAGIC
 
 
 @contextlib.contextmanager
@@ -85,28 +83,28 @@ def trace_dat_events(path: Path, stats: TraceStats) -> list[AnyEvent]:
     return events_from_columns(trace_dat_columns(path, stats))
 
 
-def read_capture(path: Path) -> bytes:
-    """A captured file's bytes, gunzipped or unxz-ed by its magic (not its name)."""
+def _opener(path: Path) -> Callable[..., IO[Any]]:
+    """gzip.open, lzma.open or open, by the file's magic (not its name)."""
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic.startswith(b"\x1f\x8b"):
-        with gzip.open(path, "rb") as g:
-            return g.read()
+        return gzip.open
     if magic.startswith(b"\xfd7zXZ\x00"):
-        with lzma.open(path, "rb") as x:
-            return x.read()
-    return Path(path).read_bytes()
+        return lzma.open
+    return open
+
+
+def read_capture(path: Path) -> bytes:
+    """A captured file's bytes, gunzipped or unxz-ed as its magic says."""
+    with _opener(path)(path, "rb") as f:
+        data: bytes = f.read()
+    return data
 
 
 def open_text(path: Path) -> IO[str]:
-    """Open a capture as text, transparently gunzipping or unxz-ing (by magic, not by name)."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic.startswith(b"\x1f\x8b"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+    """Open a capture as text, gunzipping or unxz-ing as its magic says."""
+    text: IO[str] = _opener(path)(path, "rt", encoding="utf-8", errors="replace")
+    return text
 
 
 @contextlib.contextmanager
@@ -137,11 +135,9 @@ def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict
         if trace_path is not None and is_trace_dat(Path(trace_path)):
             cols = trace_dat_columns(Path(trace_path), stats)
             # the fast proof first; anything short of a plain PASS is judged (and explained) on objects
-            fast = [parse_dump_columns(data, src) for src, data in dumps]
-            if all(d is not None for d in fast):
-                verdict = check_columns([d for d in fast if d is not None], cols, stats)
-                if verdict is not None:
-                    return verdict
+            verdict = check_capture_columns(dumps, cols, stats)
+            if verdict is not None:
+                return verdict
             events = events_from_columns(cols)
         elif trace_path is not None:
             with open_text(Path(trace_path)) as f:
@@ -149,8 +145,8 @@ def _check_files(snapshot_paths: list[Path], trace_path: Path | None) -> Verdict
         snapshots = [parse_dump(data.decode("utf-8", "replace"), source=src) for src, data in dumps]
         if trace_path is None:
             return check(snapshots, [])
-        wp = {k: getattr(stats, k) for k in WP_COUNT_KEYS}
-        return check(snapshots, events, lost_events=stats.lost_events, require_trace=True, wp_counts=wp)
+        return check(snapshots, events, lost_events=stats.lost_events, require_trace=True,
+                     wp_counts=stats.wp_counts())
     except (DumpFormatError, TraceFormatError) as e:
         return Verdict(ERROR, f"malformed capture: {e}", empty, [])
     except OSError as e:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from harness.checks.findings import WP_COUNT_KEYS
+
 SPTE_EVENT = "kvm_mmu_pw_spte: "
 PAGE_EVENT = "kvm_mmu_pw_page: "
 _MARK = "kvm_mmu_pw_"
@@ -105,6 +107,10 @@ class TraceStats:
     wp_all_enables: int = 0
     wp_all_disables: int = 0
     wp_loads: int = 0
+
+    def wp_counts(self) -> dict[str, int]:
+        """The write-protect-all events seen, under a verdict's count names (findings.WP_COUNT_KEYS)."""
+        return {k: getattr(self, k) for k in WP_COUNT_KEYS}
 
 
 # A hex field: 0x-prefixed, or a bare "0". The kernel prints %#llx of zero as "0x0", but `trace-cmd report`

@@ -45,6 +45,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "kvm_mmu_wp_all": ("seq", "vm", "enable", "gen"),
     "kvm_mmu_wp_load": ("seq", "vm", "spt", "gfn", "role", "level", "old_gen", "gen", "count"),
 }
+
+
 def record_dtype(fmt: EventFormat, names: tuple[str, ...]) -> np.dtype[np.void]:
     """A numpy record type of `names` at their offsets in a record's data (little-endian, as the file's).
     Raises TraceFormatError naming a missing or undecodable field (another FORMAT.md version)."""
@@ -65,8 +67,6 @@ def record_dtype(fmt: EventFormat, names: tuple[str, ...]) -> np.dtype[np.void]:
 # Event kinds in EventColumns.kind
 SPTE, ALLOC, FREE, WP_ALL, WP_LOAD = 0, 1, 2, 3, 4
 _U64 = np.uint64
-
-
 _COLUMNS = ("seq", "vm", "spt", "gfn", "role", "level", "idx", "old", "new", "count", "gen", "old_gen", "enable")
 _DTYPES = {"seq": np.int64, "level": np.int64, "idx": np.int64, "count": np.int64, "enable": np.uint8,
            "kind": np.uint8}

@@ -122,11 +122,8 @@ def _start(buf: memoryview) -> tuple[_Reader, str, int]:
     return r, version, r.u(4, "page size")
 
 
-def read_layout(buf: memoryview) -> Layout:
-    """Walk a version-6 header (trace-cmd.dat.v6(5)); raises TraceFormatError for anything else."""
-    r, version, page_size = _start(buf)
-    if version != "6":
-        raise TraceFormatError(0, version, f"trace.dat version {version}: read_layout reads version 6")
+def _read_v6(r: _Reader, page_size: int) -> Layout:
+    """The rest of a version-6 header (trace-cmd.dat.v6(5)), after _start()."""
     _header_info(r)
     for _ in range(r.u(4, "ftrace format count")):
         r.take(r.u(8, "ftrace format size"), "ftrace format")
@@ -144,7 +141,7 @@ def read_layout(buf: memoryview) -> Layout:
         raise TraceFormatError(0, repr(word), "no flyrecord section (a latency trace?)")
     cpus = [(r.u(8, "CPU data offset"), r.u(8, "CPU data size")) for _ in range(n_cpus)]
     for off, size in cpus:
-        if off + size > len(buf) or off % 8:
+        if off + size > len(r.buf) or off % 8:
             raise TraceFormatError(0, f"offset {off} size {size}", "CPU data outside the file (truncated?)")
     return Layout(page_size, formats, cpus)
 
@@ -251,6 +248,6 @@ def read_trace(data: bytes | memoryview) -> tuple[Layout, memoryview]:
     buf = memoryview(data)
     r, version, page_size = _start(buf)
     if version == "6":
-        return read_layout(buf), buf
+        return _read_v6(r, page_size), buf
     layout, cpu_data = _read_v7(r, page_size)
     return layout, memoryview(cpu_data)
