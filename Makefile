@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 KH := $(VENV)/bin/kvm-harness
 ARGS ?=
 
-.PHONY: setup boot-test shell ab test unit-test integration-test lint bench clean-results mutation-test measure measure-boot
+.PHONY: setup boot-test shell ab test unit-test integration-test lint bench clean-results mutation-test measure measure-boot \
+	steady
 
 setup:
 	./scripts/setup.sh
@@ -56,3 +57,8 @@ measure: $(KH)
 # QEMU start to SSH ready over 5 boots of the cached kernel.
 measure-boot: $(KH)
 	$(PY) -m harness.measure --boots 5 $(ARGS)
+
+# Does the default matrix pass every time here? N consecutive boot-tests, flaky and livelocked tests listed
+# (docs/steady.md): make steady ARGS="--runs 10".
+steady: $(KH)
+	$(PY) -m harness.steady $(ARGS)

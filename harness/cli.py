@@ -18,6 +18,7 @@ from types import FrameType
 from . import cache, cache_entries, pipeline, proc, shell, walk
 from .ab import cli as ab_cli
 from .ab import run as ab_run
+from .checks import livelock
 from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError, Interrupted, UsageError
 from .kconfig import BASES, ConfigRequest
 from .modes import MODES
@@ -88,6 +89,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retries", type=int, default=d.retries, choices=(0, 1),
                    help="run a selftest that failed with a known infrastructure signature once more before "
                         "calling it a FAIL (0: never); any other failure is a FAIL the first time")
+    g.add_argument("--livelock-window", type=float, default=d.livelock.window_s, metavar="SECONDS",
+                   help="stop a test whose vCPUs take page faults for this long with no progress (no spte "
+                        "fixed, no exit to userspace) and call it a livelock; 0: off")
     g.add_argument("--consistency", choices=("auto", "off"), default=d.consistency,
                    help="auto: capture dumps + trace and check the bitmap wherever the guest kernel is instrumented")
     g.add_argument("--workload-cmd", action="append", default=[], metavar="NAME=CMD",
@@ -113,6 +117,7 @@ def request_from(args: argparse.Namespace) -> RunRequest:
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
         results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp, memory=args.memory,
         extra_append=list(args.append), consistency=args.consistency, retries=args.retries, vms=args.vms,
+        livelock=livelock.Policy(window_s=args.livelock_window),
         plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
                           only=tuple(args.only), commands=tuple(parse_workload_cmd(w) for w in args.workload_cmd)))
 

@@ -11,6 +11,7 @@ import logging
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +31,15 @@ PANIC_EVENT_WAIT_S = 5.0   # the console's panic line to pvpanic's QMP event: bo
 @dataclass
 class RunResult:
     cmd: str
-    rc: int | None          # None: timed out
+    rc: int | None          # None: timed out, or stopped by a watcher (`stopped`)
     stdout: str
     stderr: str
     seconds: float
+    stopped: str = ""       # why a watcher stopped it before its end
 
     @property
     def timed_out(self) -> bool:
-        return self.rc is None
+        return self.rc is None and not self.stopped
 
 
 class Guest:
@@ -101,9 +103,16 @@ class Guest:
                 client.close()
                 time.sleep(0.15)
 
-    def run(self, cmd: str, timeout: float) -> RunResult:
-        """Run `cmd` in the guest; rc None when it ran past `timeout` (the channel is then closed)."""
+    def run(self, cmd: str, timeout: float, watch: Callable[[], str] | None = None,
+            watch_every_s: float = 2.0) -> RunResult:
+        """Run `cmd` in the guest; rc None when it ran past `timeout` (the channel is then closed).
+
+        `watch`, when given, is called every `watch_every_s` seconds while `cmd` runs; a non-empty answer
+        stops the wait as the timeout does, and the result's `stopped` keeps it. GuestError when the
+        connection is gone."""
         t0 = time.monotonic()
+        next_watch = t0 + watch_every_s
+        stopped = ""
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise GuestError(f"SSH connection to the guest is gone (running {cmd!r})")
@@ -135,10 +144,16 @@ class Guest:
                 break
             if not transport.is_active():
                 raise GuestError(f"SSH connection lost while running {cmd!r}")
+            if watch is not None and time.monotonic() >= next_watch:
+                stopped = watch()
+                if stopped:
+                    chan.close()
+                    break
+                next_watch = time.monotonic() + watch_every_s
         if rc is not None:
             chan.close()
         return RunResult(cmd, rc, out.decode(errors="replace"), err.decode(errors="replace"),
-                         time.monotonic() - t0)
+                         time.monotonic() - t0, stopped)
 
     def check(self, cmd: str, timeout: float = 30) -> str:
         r = self.run(cmd, timeout)

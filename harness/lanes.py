@@ -14,7 +14,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import capture, proc, schedule, verdicts
+from . import capture, proc, schedule, verdicts, watchdog
 from .checks.files import check_files
 from .errors import BootError, GuestError, Interrupted
 from .modes import MODES, MmuMode
@@ -26,6 +26,7 @@ from .session import Session
 from .workloads import AnyWorkload
 
 log = logging.getLogger("kvm-harness")
+_FAILED = {"timeout": "timed out", "guest_lost": "lost the guest", "livelock": "livelocked"}
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,10 @@ class Lanes:
                     s, check = started.session, started.check
                 if item.workload is None:
                     continue
-                res = self.run_cell(s, item.workload, check and item.workload.checks_consistency, item.index)
-                if res.failure in ("timeout", "guest_lost"):
-                    log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path,
-                             "timed out" if res.failure == "timeout" else "lost the guest", mode.name)
+                res, s, check = self.run_cell(s, item.workload, check, item.index)
+                if s is not None and res.failure in ("timeout", "guest_lost", "livelock"):
+                    log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path, _FAILED[res.failure],
+                             mode.name)
                     s.stop(fast=True)
                     s = None
         except BaseException:
@@ -177,22 +178,40 @@ class Lanes:
                 for w in self.opts.plan.selected(mode.name, self.prepared.selftests) if w.checks_consistency])
         return Started(s, auto and facts.instrumented)
 
-    def run_cell(self, s: Session, w: AnyWorkload, check: bool, index: int) -> TestResult:
-        """Run one workload (and its retry), put its results in the book; returns the workload's result."""
+    def run_cell(self, s: Session, w: AnyWorkload, check: bool,
+                 index: int) -> tuple[TestResult, Session | None, bool]:
+        """Run one workload (and its retry), put its results in the book. Returns the workload's result and
+        the session (and its `check`) to go on with: a livelock's retry runs in a fresh VM, and None says
+        that VM did not boot."""
         mode = s.mode
+        first = s
         try:
-            results = self.attempt(s, w, check)
-            if verdicts.worth_a_retry(results[0], self.opts.retries):
-                log.warning("%s failed (%s); running it once more before calling it a regression",
-                            results[0].path, results[0].reason)
-                second = self.attempt(s, w, check, attempt=2)
-                self.checks.wait_for(results[1:] + second[1:])  # the merge compares both attempts' verdicts
-                results = verdicts.merge_attempts(results, second)
-        except Interrupted as e:
-            self.book.add(mode.name, index, [TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}")])
+            results = self.attempt(s, w, check and w.checks_consistency)
+            retry_here = verdicts.worth_a_retry(results[0], self.opts.retries)
+            if retry_here or verdicts.livelock_retry(results[0], mode, self.prepared.accel.name, self.opts.retries):
+                log.warning("%s failed (%s); running it once more%s before calling it a regression",
+                            results[0].path, results[0].reason, "" if retry_here else " in a fresh VM")
+                started = Started(s, check) if retry_here else self.fresh_session(s)
+                s, check = started.session, started.check  # type: ignore[assignment]
+                if started.session is None:
+                    results[0].reason += f"; not retried: a fresh VM {started.why_not}"
+                else:
+                    second = self.attempt(started.session, w, check and w.checks_consistency, attempt=2)
+                    self.checks.wait_for(results[1:] + second[1:])  # the merge compares both attempts' verdicts
+                    results = verdicts.merge_attempts(results, second)
+        except BaseException as e:
+            if isinstance(e, Interrupted):
+                self.book.add(mode.name, index, [TestResult(w.path(mode.name), ERROR, reason=f"not finished: {e}")])
+            if s is not None and s is not first:
+                s.stop(fast=True)   # the lane stops the session it handed in
             raise
         self.book.add(mode.name, index, results)
-        return results[0]
+        return results[0], s, check
+
+    def fresh_session(self, s: Session) -> Started:
+        """Forget `s` (after its forensics) and boot another VM of its mode."""
+        s.stop(fast=True)
+        return self.start_session(s.mode)
 
     def attempt(self, s: Session, w: AnyWorkload, check: bool, attempt: int = 1) -> list[TestResult]:
         """One run of `w`: [workload result] plus, when `check`, its consistency result (a placeholder
@@ -203,16 +222,23 @@ class Lanes:
         if check:
             with self.timings.measure("capture_s"):
                 why_not = capture.start(s.guest, self.opts.capture)
-        obs, cap = self.observe(s, w, path, check and not why_not, attempt)
+        obs, cap, watch = self.observe(s, w, path, check and not why_not, attempt)
+        if watch is not None:  # the counters of every test: what the watchdog judged, kept
+            watch.write(self.out / "counters" / f"{obs.forensics_dir}.json")
+            obs.counters = watch.growth()
+        if watch is not None and watch.found is not None:
+            # while the vCPU still spins: the counters and the fault path's trace, before sysrq floods the log
+            obs.livelock, obs.repeats = watch.found, watch.collect(self.out / "forensics" / obs.forensics_dir)
         res = verdicts.workload_verdict(obs)
-        if res.failure in ("timeout", "guest_lost"):
-            why = (f"timeout after {w.timeout_s:g} s" if res.failure == "timeout"
-                   else "guest lost during the test")
-            summary, artifact = s.forensics(path, why)
+        if res.failure in ("timeout", "guest_lost", "livelock"):
+            why = {"timeout": f"timeout after {w.timeout_s:g} s", "guest_lost": "guest lost during the test",
+                   "livelock": "livelock seen by the watchdog"}[res.failure]
+            summary, artifact = s.forensics(obs.forensics_dir, why)
             res.evidence["forensics"] = summary
             res.artifacts.append(artifact)
             if check:
-                lost = "workload timed out" if res.failure == "timeout" else "guest lost during the workload"
+                lost = {"timeout": "workload timed out", "guest_lost": "guest lost during the workload",
+                        "livelock": "workload stopped by the livelock watchdog"}[res.failure]
                 return [res, verdicts.consistency_verdict(path, s.mode, None, lost, None)]
             return [res]
         if not check:
@@ -228,16 +254,18 @@ class Lanes:
         log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t0)
         return v
 
-    def observe(self, s: Session, w: AnyWorkload, path: str, capturing: bool,
-                attempt: int) -> tuple[verdicts.Observation, capture.Captured | None]:
-        """Run `w` in the guest and gather what verdicts.workload_verdict judges: its output, the console
-        and the kernel log; the capture is stopped and fetched when `capturing`."""
+    def observe(self, s: Session, w: AnyWorkload, path: str, capturing: bool, attempt: int
+                ) -> tuple[verdicts.Observation, capture.Captured | None, watchdog.FaultWatch | None]:
+        """Run `w` in the guest, watched for a livelock, and gather what verdicts.workload_verdict judges:
+        its output, the console and the kernel log; the capture is stopped and fetched when `capturing`."""
         console_mark = len(s.vm.console())
         log.info("running %s: %s", path, w.command())
-        obs = verdicts.Observation(path, w.test, w.command(), w.timeout_s, s.tag, 0.0, None)
+        obs = verdicts.Observation(path, w.test, w.command(), w.timeout_s, s.tag, 0.0, None, attempt=attempt)
+        policy = self.opts.livelock
+        watch = watchdog.FaultWatch(s.guest, policy) if policy.enabled else None
         t0 = time.monotonic()
         try:
-            r = s.run(w.command(), w.timeout_s)
+            r = s.run(w.command(), w.timeout_s, watch)
         except GuestError as e:
             obs.seconds = time.monotonic() - t0
             self.timings.workload_ran(t0, t0 + obs.seconds)
@@ -245,14 +273,14 @@ class Lanes:
             time.sleep(0.5)  # let a dying QEMU finish, so its end is reported as it was
             obs.lost, obs.qemu_alive, obs.qemu_end = str(e), s.vm.alive(), s.vm.exit_description()
             obs.console, obs.console_tail = s.vm.console()[console_mark:], s.vm.console_tail()
-            return obs, None
+            return obs, None, watch
         obs.run, obs.seconds = r, r.seconds
         self.timings.workload_ran(t0, t0 + r.seconds)
         with open(self.out / f"workloads-{s.tag}.log", "a") as f:
             f.write(f"### {path}\n$ {w.command()}\n{r.stdout}{r.stderr}\n### exit {r.rc} after {r.seconds:.1f}s\n")
-        if r.timed_out:
+        if r.rc is None:   # timed out, or stopped by the watchdog
             obs.console = s.vm.console()[console_mark:]
-            return obs, None
+            return obs, None, watch
         cap = None
         if capturing:
             safe = path.replace("/", "_")
@@ -266,4 +294,4 @@ class Lanes:
             obs.dmesg_error = str(e)
             with open(self.out / f"dmesg-{s.tag}.txt", "a") as f:
                 f.write(f"### after {path}\n")
-        return obs, cap
+        return obs, cap, watch

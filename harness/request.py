@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import cache, capture, kconfig, schedule, source
 from . import series as series_mod
+from .checks import livelock
 from .errors import UsageError
 from .modes import DEFAULT_MODES, MODES
 from .vm import VMSpec
@@ -43,6 +44,7 @@ class RunOptions:
     extra_append: list[str] = field(default_factory=list)
     consistency: str = "auto"   # auto: check wherever the guest kernel carries the instrumentation; off
     retries: int = 1            # a failing selftest is run once more before it is called a FAIL
+    livelock: livelock.Policy = field(default_factory=livelock.Policy)  # the fault-path watchdog
     capture: capture.CaptureSettings = field(default_factory=capture.CaptureSettings)
     vms: int | None = None      # VMs at once (None: auto, see schedule.lanes_for)
 
@@ -60,6 +62,9 @@ def validate_options(opts: RunOptions) -> None:
     if opts.boot_deadline_s <= 0 or opts.plan.timeout_s <= 0:
         raise UsageError("--boot-deadline and --timeout must be positive numbers of seconds")
     schedule.memory_bytes(opts.memory)
+    if not 0 <= opts.livelock.window_s < float("inf"):
+        raise UsageError(f"--livelock-window is a number of seconds, 0 to turn the watchdog off: "
+                         f"{opts.livelock.window_s:g}")
     if opts.vms is not None and opts.vms < 1:
         raise UsageError(f"--vms must be at least 1 (or auto): {opts.vms}")
     if opts.consistency not in ("auto", "off"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +73,9 @@ class Session:
             return cls(vm, guest, mode, out, time.monotonic() - vm.started_at)
         raise AssertionError("unreachable")
 
-    def run(self, cmd: str, timeout_s: float) -> RunResult:
-        """guest.run: rc None on timeout; GuestError when the guest goes away."""
-        return self.guest.run(cmd, timeout_s)
+    def run(self, cmd: str, timeout_s: float, watch: Callable[[], str] | None = None) -> RunResult:
+        """guest.run: rc None on timeout or when `watch` stopped it; GuestError when the guest goes away."""
+        return self.guest.run(cmd, timeout_s, watch)
 
     def facts(self) -> ModeFacts:
         """What the guest says about its KVM (modes.FACTS_SCRIPT)."""

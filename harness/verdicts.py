@@ -7,11 +7,12 @@ tested on plain values (tests/test_verdicts.py). The exit code of a whole run is
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import capture, forensics
 from .checks import health
 from .checks.findings import Verdict
+from .checks.livelock import Livelock, Repeat
 from .guest import RunResult
 from .modes import MmuMode, ModeFacts
 from .perf import phases as perf_phases
@@ -66,6 +67,15 @@ class Observation:
     dmesg: str = ""
     dmesg_error: str = ""
     taint: tuple[int, int] = (0, 0)  # /proc/sys/kernel/tainted before and after the test
+    attempt: int = 1            # 2: the retry (its forensics directory is <path>.attempt2)
+    livelock: Livelock | None = None  # what the watchdog saw when it stopped the test (run.stopped)
+    repeats: list[Repeat] | None = None  # the faults that repeated most in the livelock's fault trace
+    counters: dict[str, int] = field(default_factory=dict)  # the guest KVM's counters' growth meanwhile
+
+    @property
+    def forensics_dir(self) -> str:
+        """forensics/<this>/ holds the test's forensics, relative to the run directory."""
+        return forensics.safe_name(self.path if self.attempt == 1 else f"{self.path}.attempt{self.attempt}")
 
 
 def workload_verdict(obs: Observation) -> TestResult:
@@ -74,6 +84,8 @@ def workload_verdict(obs: Observation) -> TestResult:
     code decides (0 pass, 4 skip, anything else fail), and a kernel health finding turns a pass into a
     FAIL. Forensics are the caller's (lanes), for failure "timeout" and "guest_lost"."""
     res = TestResult(obs.path, PASS, obs.seconds, command=obs.command)
+    if obs.counters:
+        res.evidence["kvm_counters"] = obs.counters
     if obs.run is None:
         findings = health.scan(obs.console, f"console-{obs.tag}.log")
         res.status = FAIL if findings else ERROR
@@ -86,10 +98,21 @@ def workload_verdict(obs: Observation) -> TestResult:
     r = obs.run
     # printable: a test's terminal escapes would break junit.xml
     res.output = health.printable(r.stdout + r.stderr)[-OUTPUT_KEPT:]
+    if r.stopped:
+        # A vCPU that takes faults and never gets on is a KVM bug as the test sees it; under TCG, in a
+        # mode the series does not reach, the lanes give it one more try in a fresh VM (livelock_retry).
+        res.status, res.failure = FAIL, "livelock"
+        where = "; " + obs.repeats[0].describe() if obs.repeats else ""
+        res.reason = (f"{r.stopped}; stopped by the watchdog {obs.seconds:.0f} s into the test{where}; "
+                      f"forensics in forensics/{obs.forensics_dir}/")
+        res.evidence["livelock"] = {**(obs.livelock.to_dict() if obs.livelock else {}),
+                                    "repeats": [vars(x) for x in obs.repeats or []]}
+        res.output = (res.output + f"\n[console since the test started ends: {health.last_line(obs.console)}]").strip()
+        return res
     if r.timed_out:
         res.status, res.failure = ERROR, "timeout"
         res.reason = (f"timeout after {obs.timeout_s:g} s (--timeout); "
-                      f"forensics in forensics/{forensics.safe_name(obs.path)}/")
+                      f"forensics in forensics/{obs.forensics_dir}/")
         res.output = (res.output + f"\n[console since the test started ends: {health.last_line(obs.console)}]").strip()
         return res
     if r.rc == KSFT_PASS:
@@ -188,6 +211,14 @@ def worth_a_retry(res: TestResult, retries: int) -> bool:
             and any(p.search(res.output) for p in INFRA_SIGNATURES))
 
 
+def livelock_retry(res: TestResult, mode: MmuMode, accel: str, retries: int) -> bool:
+    """A livelock is retried once, in a fresh VM, only where the emulator is a suspect and the series is
+    not: under TCG, in a mode that does not reach the patched code (docs/steady.md says why). In a mode
+    that does, or under hardware KVM, it is a FAIL the first time: a lost push-down of write-protect-all
+    looks exactly like it."""
+    return retries > 0 and res.failure == "livelock" and accel == "tcg" and not mode.reaches_patched_code
+
+
 def merge_attempts(first: list[TestResult], second: list[TestResult]) -> list[TestResult]:
     """Both attempts are kept as evidence. The workload passes only if the retry passes
     (then it is marked flaky); a consistency FAIL from either attempt always stands.
@@ -195,7 +226,9 @@ def merge_attempts(first: list[TestResult], second: list[TestResult]) -> list[Te
     Each list is [workload result, consistency result?]; returns the same shape."""
     w1, w2 = first[0], second[0]
     w2.evidence["first_attempt"] = {"status": w1.status, "reason": w1.reason, "output": w1.output[-4000:],
-                                    "duration_s": round(w1.duration_s, 1)}
+                                    "duration_s": round(w1.duration_s, 1), "failure": w1.failure,
+                                    **({"livelock": w1.evidence["livelock"]} if "livelock" in w1.evidence else {})}
+    w2.artifacts[:0] = [a for a in w1.artifacts if a not in w2.artifacts]  # the first attempt's forensics
     if w2.status == PASS:
         w2.evidence["flaky"] = True
         w2.reason = f"flaky: passed on retry; first attempt: {w1.reason}"

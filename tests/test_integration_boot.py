@@ -44,6 +44,21 @@ def test_boot_test_passes_in_every_mode(boot_test):
         assert tests[f"kvm.{mode}.boot"] == "PASS"
 
 
+def test_the_livelock_watchdog_read_every_workload_and_saw_it_progress(boot_test):
+    """Issue 25: the guest KVM's counters were sampled through every test (counters/<test>.json) and every
+    test of more than a few seconds faulted and progressed (a spte fixed, a ucall), never a livelock."""
+    _, _, res, run, _ = boot_test
+    workloads = [t for t in res["results"] if not t["path"].endswith((".boot", ".consistency"))]
+    assert len(workloads) == 15, [t["path"] for t in workloads]
+    for t in workloads:
+        retried = "first_attempt" in t["evidence"]   # then the result is the retry's (a flaky pass)
+        watched = json.loads((run / "counters" / f"{t['path']}{'.attempt2' if retried else ''}.json").read_text())
+        assert watched["livelock"] is None and watched["samples"], t["path"]
+        if t["duration_s"] > 6:  # two samples at least
+            grew = t["evidence"]["kvm_counters"]
+            assert grew["pf_taken"] > 0 and grew["pf_fixed"] + grew["io_exits"] > 0, (t["path"], grew)
+
+
 def test_the_results_are_the_recorded_ones(boot_test):
     """The same tests with the same statuses, in the same order, as the recorded run of `make boot-test`
     (boot-test-results.json: taken from a real run before the library split; paths and statuses only)."""

@@ -10,8 +10,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "harness"
 MAX_MODULE_LINES = 350
 # The checker's modules that are pure over text and values; files.py is the one that reads files.
-PURE_CHECKS = ("columnar", "consistency", "debugfs", "dumpcols", "findings", "health", "replay", "ringbuf", "synth",
-               "trace", "tracedat", "tracefile", "wpcols")
+PURE_CHECKS = ("columnar", "consistency", "debugfs", "dumpcols", "findings", "health", "livelock", "replay",
+               "ringbuf", "synth", "trace", "tracedat", "tracefile", "wpcols")
 IO_MODULES = {"os", "subprocess", "shutil", "tempfile", "gzip", "lzma", "harness.proc"}
 
 

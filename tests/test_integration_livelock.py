@@ -1,0 +1,50 @@
+"""The livelock watchdog on a real livelock (issue 25): the fast-pf-no-stop mutant (kernel-patches/mutants) makes
+the legacy TDP MMU's fast page fault call a write fault spurious forever, so both vCPUs of
+dirty_log_enable_test spin in the fault path. The watchdog must stop it, name it, keep its evidence, and,
+in tdp_legacy (a mode the series reaches), call it a FAIL the first time: no retry. The slow-but-progressing
+side (a selftest asked for a million iterations is left to its timeout) is in test_integration_faults.py."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pytest
+from runs import kvm_harness, load_run
+
+from harness.series import load_default_list
+
+pytestmark = pytest.mark.integration
+PATCHES = Path(__file__).resolve().parent.parent / "kernel-patches"
+
+
+def test_a_vcpu_spinning_in_the_fault_path_is_stopped_named_and_failed_not_retried(tmp_path):
+    series = [a for d in load_default_list() for a in ("--series", str(d))]
+    r = kvm_harness("boot-test", *series, "--series", str(PATCHES / "mutants" / "fast-pf-no-stop"),
+                    "--modes", "tdp_legacy", "--only", "dirty_log_enable_test", "--results", str(tmp_path / "r"),
+                    cwd=tmp_path)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    _, doc, run = load_run(tmp_path / "r")
+    res = {x["path"]: x for x in doc["results"]}["kvm.tdp_legacy.dirty_log_enable_test"]
+    assert res["status"] == "FAIL" and res["failure"] == "livelock" and not res["timed_out"], res
+    assert res["reason"].startswith("livelock: ") and "stopped by the watchdog" in res["reason"], res["reason"]
+    assert "first_attempt" not in res["evidence"], "a livelock in a mode the series reaches is never retried"
+    ll = res["evidence"]["livelock"]
+    assert ll["seconds"] >= 10 and ll["delta"]["pf_taken"] >= 1000 and ll["delta"]["pf_fixed"] == 0
+    assert ll["delta"]["io_exits"] == 0 and ll["repeats"], ll
+    # the fault named is a write (bit 1 of the NPF error code) that the repeats trace shows again and again
+    top = ll["repeats"][0]
+    assert int(top["error_code"], 16) & 2 and top["count"] > 1 and top["address"] in res["reason"]
+
+    f = run / "forensics" / "kvm.tdp_legacy.dirty_log_enable_test"
+    counters = json.loads((f / "kvm-counters.json").read_text())
+    assert counters["livelock"] == {k: ll[k] for k in ("start_t", "seconds", "delta")}
+    faults = gzip.decompress((f / "kvm-faults.txt.gz").read_bytes()).decode(errors="replace")
+    assert "kvm_page_fault:" in faults and "fast_page_fault:" in faults and "reason npf" in faults
+    sysrq = (f / "sysrq-tw.txt").read_text()
+    assert "dirty_log_enabl" in sysrq, "the vCPU threads as the kernel saw them while they spun"
+    assert str(f.relative_to(run)) in res["artifacts"]
+    ktap = (run / "ktap.txt").read_text()
+    assert re.search(r"^# FAIL: livelock: .*\nnot ok \d+ kvm.tdp_legacy.dirty_log_enable_test$", ktap, re.M), ktap
