@@ -42,10 +42,34 @@ class RunResult:
         return self.rc is None and not self.stopped
 
 
+def _connect(port: int, pkey: paramiko.PKey, known_hosts: Path, step: float) -> paramiko.SSHClient:
+    """One SSH connection to the guest's forwarded `port`, its host key pinned; paramiko's errors raised."""
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        # known_hosts names the guest by alias; map the forwarded port to it.
+        sock = socket.create_connection(("127.0.0.1", port), timeout=step)
+        client.connect(HOST_ALIAS, port=22, username="root", pkey=pkey, sock=sock,
+                       timeout=step, banner_timeout=step, auth_timeout=max(step, 5.0),
+                       allow_agent=False, look_for_keys=False)
+        transport = client.get_transport()
+        if transport is None:  # connect() returned, so paramiko has one; say so if not
+            raise paramiko.SSHException("no transport after connect")
+        transport.set_keepalive(5)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 class Guest:
-    def __init__(self, client: paramiko.SSHClient, port: int) -> None:
+    def __init__(self, client: paramiko.SSHClient, port: int, pkey: paramiko.PKey | None = None,
+                 known_hosts: Path | None = None) -> None:
         self.client = client
         self.port = port
+        self._pkey, self._known_hosts = pkey, known_hosts   # to connect again (reconnect)
+        self.reconnects: list[str] = []   # why each dropped connection was replaced
 
     @classmethod
     def wait_ready(cls, vm: VM, port: int, key_file: Path, known_hosts: Path, deadline_s: float) -> Guest:
@@ -80,27 +104,13 @@ class Guest:
             if SSHD_MARKER not in console and time.monotonic() - t0 < 15:
                 time.sleep(0.05)
                 continue
-            client = paramiko.SSHClient()
-            client.load_host_keys(str(known_hosts))
-            client.set_missing_host_key_policy(paramiko.RejectPolicy())
             step = max(0.5, min(left, 3.0))   # no attempt outlives the deadline by much
             try:
-                # known_hosts names the guest by alias; map the forwarded port to it.
-                sock = socket.create_connection(("127.0.0.1", port), timeout=step)
-                client.connect(HOST_ALIAS, port=22, username="root", pkey=pkey, sock=sock,
-                               timeout=step, banner_timeout=step, auth_timeout=max(step, 5.0),
-                               allow_agent=False, look_for_keys=False)
-                transport = client.get_transport()
-                if transport is None:  # connect() returned, so paramiko has one; say so if not
-                    raise paramiko.SSHException("no transport after connect")
-                transport.set_keepalive(5)
-                return cls(client, port)
+                return cls(_connect(port, pkey, known_hosts, step), port, pkey, known_hosts)
             except paramiko.BadHostKeyException as e:
-                client.close()
                 raise BootError(f"guest host key does not match the image's pinned key: {e}") from e
             except (OSError, paramiko.SSHException, EOFError) as e:
                 last_err = f"{type(e).__name__}: {e}"
-                client.close()
                 time.sleep(0.15)
 
     def run(self, cmd: str, timeout: float, watch: Callable[[], str] | None = None,
@@ -113,14 +123,8 @@ class Guest:
         t0 = time.monotonic()
         next_watch = t0 + watch_every_s
         stopped = ""
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise GuestError(f"SSH connection to the guest is gone (running {cmd!r})")
-        try:
-            chan = transport.open_session(timeout=10)
-            chan.exec_command(cmd)
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            raise GuestError(f"cannot run {cmd!r} in the guest: {e}") from e
+        chan = self._open(cmd)
+        transport = chan.get_transport()
         out, err = bytearray(), bytearray()
         deadline = t0 + timeout
         rc: int | None = None
@@ -155,6 +159,32 @@ class Guest:
         return RunResult(cmd, rc, out.decode(errors="replace"), err.decode(errors="replace"),
                          time.monotonic() - t0, stopped)
 
+    def _open(self, cmd: str) -> paramiko.Channel:
+        """A channel running `cmd`. A connection found dead between commands is replaced once (the guest
+        is asked again, its host key pinned as before) and the reason kept in `reconnects`: a guest that is
+        gone does not answer, and that is the GuestError of the caller."""
+        for again in (False, True):
+            transport = self.client.get_transport()
+            try:
+                if transport is None or not transport.is_active():
+                    raise EOFError("the connection is closed")
+                chan = transport.open_session(timeout=10)
+                chan.exec_command(cmd)
+                return chan
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                why = f"{type(e).__name__}: {e}".rstrip(": ")
+                if again or self._pkey is None or self._known_hosts is None or (transport and transport.is_active()):
+                    raise GuestError(f"cannot run {cmd!r} in the guest: {why}") from e
+            try:
+                self.client.close()
+                self.client = _connect(self.port, self._pkey, self._known_hosts, 5.0)
+            except (OSError, paramiko.SSHException, EOFError) as e2:
+                raise GuestError(f"SSH connection to the guest is gone ({why}) and a new one failed "
+                                 f"({type(e2).__name__}: {e2}), running {cmd!r}") from e2
+            self.reconnects.append(why)
+            log.warning("the SSH connection to the guest dropped between commands (%s); connected again", why)
+        raise AssertionError("unreachable")
+
     def check(self, cmd: str, timeout: float = 30) -> str:
         r = self.run(cmd, timeout)
         if r.rc != 0:
@@ -164,13 +194,12 @@ class Guest:
 
     def stream_to(self, cmd: str, local: Path, timeout: float = 60) -> bool:
         """Run `cmd` in the guest and write its stdout, as bytes, to `local`."""
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
+        try:
+            chan = self._open(cmd)
+        except GuestError:
             return False
         deadline = time.monotonic() + timeout
         try:
-            chan = transport.open_session(timeout=10)
-            chan.exec_command(cmd)
             chan.settimeout(min(timeout, 10.0))
             with open(local, "wb") as f:
                 while time.monotonic() < deadline:

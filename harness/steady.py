@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,9 +24,17 @@ from .checks import livelock
 
 def _run(args: list[str], results: Path) -> dict[str, Any]:
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "harness", "boot-test", "--results", str(results), *args],
-                       stdin=subprocess.DEVNULL)
-    return read_run((results / "latest").resolve(), r.returncode, round(time.monotonic() - t0, 1))
+    p = subprocess.Popen([sys.executable, "-m", "harness", "boot-test", "--results", str(results), *args],
+                         stdin=subprocess.DEVNULL)
+    try:
+        rc = p.wait()
+    except BaseException:
+        # Interrupted: the harness is told as a user's Ctrl-C tells it, so it stops its QEMUs and writes
+        # its reports (subprocess.run would SIGKILL it and leave its QEMUs running).
+        p.send_signal(signal.SIGINT)
+        p.wait()
+        raise
+    return read_run((results / "latest").resolve(), rc, round(time.monotonic() - t0, 1))
 
 
 def read_run(run: Path, rc: int | None = None, wall_s: float | None = None) -> dict[str, Any]:

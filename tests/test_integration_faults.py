@@ -27,6 +27,7 @@ import pytest
 from harness import cache, source
 from harness import guest as guest_mod
 from harness import vm as vm_mod
+from harness.errors import GuestError
 from harness.modes import MODES
 from harness.prepare import prepare
 from harness.request import RunRequest, validate
@@ -364,7 +365,9 @@ def test_hung_workload_times_out_with_forensics_and_the_rest_runs_in_a_fresh_vm(
     watched = json.loads((r.run_dir / "counters" / "kvm.shadow.dirty_log_test.dirty-log.json").read_text())
     first, last = watched["samples"][0], watched["samples"][-1]
     assert watched["livelock"] is None and last["t"] - first["t"] > watched["policy"]["window_s"], watched
-    assert last["pf_taken"] > first["pf_taken"] and last["io_exits"] > first["io_exits"], "faulting, progressing"
+    # faulting all along, and each fault fixing an spte: dirty_log_test first writes every page of its 1 GiB
+    # memslot, ~30 s under TCG, with no ucall until then
+    assert last["pf_taken"] > first["pf_taken"] and last["pf_fixed"] > first["pf_fixed"], (first, last)
     after = r.results["kvm.shadow.cmd.after"]
     assert after["status"] == "PASS" and "fresh-vm-ok" in after["output"]
     assert (r.run_dir / "console-shadow-2.log").exists(), "the remaining test ran in a fresh VM"
@@ -547,6 +550,23 @@ def test_port_taken_before_qemu_binds_it_is_retried(booted):
     vm, g, _, _, given = booted
     assert len(given) == 2 and vm.spec.ssh_port == given[1] != given[0]
     assert g.run("true", 30).rc == 0
+
+
+def test_an_ssh_connection_dropped_between_commands_is_replaced(booted):
+    """Seen once in ten runs on a loaded machine: the guest's sshd closed the connection between two commands
+    (EOF on opening the next channel) while the guest was well. The next command connects again, the host key
+    pinned as before, and says so; a command whose connection drops while it runs is still a lost guest."""
+    _, g, _, _, _ = booted
+    # kill the dropbear process that serves this connection (the command's shell's parent); the listening
+    # dropbear stays
+    before = len(g.reconnects)
+    try:
+        g.run("kill -9 $PPID", 10)
+    except GuestError:
+        pass   # the connection went while this command ran: a lost guest for it, as before
+    r = g.run("echo again", 30)
+    assert r.rc == 0 and r.stdout.strip() == "again"
+    assert len(g.reconnects) == before + 1 and "EOFError" in g.reconnects[-1], g.reconnects
 
 
 def _tcp_listeners(port: int) -> list[tuple[str, str]]:
