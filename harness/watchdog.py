@@ -69,7 +69,7 @@ class FaultWatch:
         """Every sample, the policy and the verdict, as JSON (tests/test_livelock.py re-judges such files)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"policy": {"window_s": self.policy.window_s, "min_faults": self.policy.min_faults,
-                             "every_s": self.policy.every_s},
+                             "min_exits": self.policy.min_exits, "every_s": self.policy.every_s},
                   "livelock": self.found.to_dict() if self.found else None, "unread_samples": self.unread,
                   "samples": [{"t": s.t, **s.counters} for s in self.samples]}
         path.write_text(json.dumps(record, indent=1) + "\n")

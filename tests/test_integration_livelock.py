@@ -29,10 +29,11 @@ def test_a_vcpu_spinning_in_the_fault_path_is_stopped_named_and_failed_not_retri
     _, doc, run = load_run(tmp_path / "r")
     res = {x["path"]: x for x in doc["results"]}["kvm.tdp_legacy.dirty_log_enable_test"]
     assert res["status"] == "FAIL" and res["failure"] == "livelock" and not res["timed_out"], res
-    assert res["reason"].startswith("livelock: ") and "stopped by the watchdog" in res["reason"], res["reason"]
+    assert res["reason"].startswith("livelock (fault loop): ") and "stopped by the watchdog" in res["reason"], res["reason"]
     assert "first_attempt" not in res["evidence"], "a livelock in a mode the series reaches is never retried"
     ll = res["evidence"]["livelock"]
-    assert ll["seconds"] >= 10 and ll["delta"]["pf_taken"] >= 1000 and ll["delta"]["pf_fixed"] == 0
+    assert ll["kind"] == "fault loop" and ll["seconds"] >= 10 and ll["delta"]["pf_taken"] >= 1000
+    assert ll["delta"]["pf_fixed"] == 0
     assert ll["delta"]["io_exits"] == 0 and ll["repeats"], ll
     # the fault named is a write (bit 1 of the NPF error code) that the repeats trace shows again and again
     top = ll["repeats"][0]
@@ -40,11 +41,11 @@ def test_a_vcpu_spinning_in_the_fault_path_is_stopped_named_and_failed_not_retri
 
     f = run / "forensics" / "kvm.tdp_legacy.dirty_log_enable_test"
     counters = json.loads((f / "kvm-counters.json").read_text())
-    assert counters["livelock"] == {k: ll[k] for k in ("start_t", "seconds", "delta")}
+    assert counters["livelock"] == {k: ll[k] for k in ("start_t", "seconds", "delta", "kind")}
     faults = gzip.decompress((f / "kvm-faults.txt.gz").read_bytes()).decode(errors="replace")
     assert "kvm_page_fault:" in faults and "fast_page_fault:" in faults and "reason npf" in faults
     sysrq = (f / "sysrq-tw.txt").read_text()
     assert "dirty_log_enabl" in sysrq, "the vCPU threads as the kernel saw them while they spun"
     assert str(f.relative_to(run)) in res["artifacts"]
     ktap = (run / "ktap.txt").read_text()
-    assert re.search(r"^# FAIL: livelock: .*\nnot ok \d+ kvm.tdp_legacy.dirty_log_enable_test$", ktap, re.M), ktap
+    assert re.search(r"^# FAIL: livelock \(fault loop\): .*\nnot ok \d+ kvm.tdp_legacy.dirty_log_enable_test$", ktap, re.M), ktap
