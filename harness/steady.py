@@ -44,6 +44,8 @@ def read_run(run: Path, rc: int | None = None, wall_s: float | None = None) -> d
     try:
         doc = json.loads((run / "harness-results.json").read_text())
         out["results"] = doc["results"]
+        if doc.get("error"):   # a harness fault outside any test (ERROR, exit 8)
+            out["harness_error"] = str(doc["error"].get("message", doc["error"]))
         out["rc"] = doc["exit_code"] if rc is None else rc
         if wall_s is None:
             out["wall_s"] = json.loads((run / "metadata.json").read_text())["timings"]["total_s"]
@@ -53,17 +55,17 @@ def read_run(run: Path, rc: int | None = None, wall_s: float | None = None) -> d
     return out
 
 
-def quietest(run: Path) -> tuple[float, int, str]:
-    """(seconds, page faults, test) of the longest stretch without progress among a run's counters/*.json:
-    how near any test came to the livelock watchdog's window."""
-    best = (0.0, 0, "-")
+def quietest(run: Path) -> tuple[float, int, int, str]:
+    """(seconds, page faults, exits, test) of the longest stretch without progress among a run's
+    counters/*.json: how near any test came to the livelock watchdog's window."""
+    best: tuple[float, int, int, str] = (0.0, 0, 0, "-")
     for f in sorted(run.glob("counters/*.json")):
         rec = json.loads(f.read_text())
         samples = [livelock.Sample(x["t"], {k: v for k, v in x.items() if k in livelock.COUNTERS})
                    for x in rec["samples"]]
         q = livelock.longest_quiet(samples)
         if q is not None and (q.seconds, q.delta.get("pf_taken", 0)) > best[:2]:
-            best = (q.seconds, q.delta.get("pf_taken", 0), f.stem)
+            best = (q.seconds, q.delta.get("pf_taken", 0), q.delta.get("exits", 0), f.stem)
     return best
 
 
@@ -105,15 +107,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{flaky:>5}  {r['dir']}{'  ' + r['error'] if 'error' in r else ''}")
         for line in notable(r["results"]):
             print(f"      {line}")
+        if r.get("harness_error"):
+            print(f"      harness error: {' '.join(r['harness_error'].split())[:200]}")
         if r["quiet"][0]:
-            print(f"      longest stretch without progress: {r['quiet'][0]:.1f} s, {r['quiet'][1]:,} page faults "
-                  f"({r['quiet'][2]})")
+            print(f"      longest stretch without progress: {r['quiet'][0]:.1f} s, {r['quiet'][1]:,} page faults, "
+                  f"{r['quiet'][2]:,} exits ({r['quiet'][3]})")
     ok = sum(1 for r in runs if r["rc"] == 0)
     walls = sorted(r["wall_s"] for r in runs)
     quiet = max((r["quiet"] for r in runs), key=lambda q: q[:2])
-    print(f"longest stretch without progress in any test of any run: {quiet[0]:.1f} s, {quiet[1]:,} page faults "
-          f"({quiet[2]}); the livelock watchdog's window: --livelock-window (default "
-          f"{livelock.Policy().window_s:g} s, at least {livelock.Policy().min_faults:,} faults)")
+    p = livelock.Policy()
+    print(f"longest stretch without progress in any test of any run: {quiet[0]:.1f} s, {quiet[1]:,} page faults, "
+          f"{quiet[2]:,} exits ({quiet[3]}); the livelock watchdog's window: --livelock-window (default "
+          f"{p.window_s:g} s, with at least {p.min_faults:,} faults or {p.min_exits:,} exits)")
     print(f"steady: {ok} of {len(runs)} runs exit 0; wall min {walls[0]} s, median {walls[len(walls) // 2]} s, "
           f"max {walls[-1]} s; machine: {os.cpu_count()} CPUs")
     return 0 if ok == len(runs) else 1

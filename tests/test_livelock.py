@@ -195,3 +195,20 @@ def test_a_real_exit_loop_is_a_livelock_and_no_real_progressing_test_is():
     assert len(progressing) == 15
     for f in progressing:
         assert _first_livelock(_samples(f), Policy()) is None, f.name
+
+
+def test_the_exit_loop_caught_in_tdp_mmu_is_an_npf_with_the_reserved_bit_on_a_guest_page_table_walk():
+    """tdp_mmu, dirty_log_test -M dirty-ring, caught by the watchdog in a default run (2026-12-03, retried in a
+    fresh VM: flaky). Every exit of the second of trace is an NPF at the same gpa with error code 0x20000000e:
+    PFERR_GUEST_PAGE (bit 33, the fault came from walking L2's own page tables), RSVD, write, user.
+    kvm_mmu_page_fault() hands an RSVD fault to handle_mmio_page_fault(), which finds no MMIO spte there and
+    returns RET_PF_RETRY ("let CPU fault again"), counting nothing: docs/steady.md."""
+    rec = json.loads((REAL / "exit-loop" / "tdp_mmu-dirty-ring.json").read_text())
+    i, ll = _first_livelock(_samples(REAL / "exit-loop" / "tdp_mmu-dirty-ring.json"), Policy())
+    assert ll.to_dict() == rec["livelock"] and ll.kind == "exit loop" and ll.delta["pf_taken"] == 0
+    trace = gzip.decompress((REAL / "exit-loop" / "tdp_mmu-dirty-ring.faults.txt.gz").read_bytes()).decode()
+    top = repeats(trace)
+    assert len(top) == 1 and top[0].address == "0x0000000014488ff8" and top[0].error_code == "0x20000000e"
+    err = int(top[0].error_code, 16)
+    assert err & (1 << 33) and err & (1 << 3) and err & (1 << 1), "guest page walk, RSVD, write"
+    assert all("reason npf" in ln for ln in trace.splitlines() if "kvm_exit:" in ln)
