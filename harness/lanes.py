@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import capture, proc, schedule, verdicts, watchdog
+from .checks import livelock
 from .checks.files import check_files
 from .errors import BootError, GuestError, Interrupted
 from .modes import MODES, MmuMode
@@ -26,7 +27,11 @@ from .session import Session
 from .workloads import AnyWorkload
 
 log = logging.getLogger("kvm-harness")
-_FAILED = {"timeout": "timed out", "guest_lost": "lost the guest", "livelock": "livelocked"}
+# A test that did not run to its end, by TestResult.failure: (the log's word, the forensics' why, the
+# consistency case's why). Each is followed by forensics and a fresh VM.
+_FAILED = {"timeout": ("timed out", "timeout after {timeout:g} s", "workload timed out"),
+           "guest_lost": ("lost the guest", "guest lost during the test", "guest lost during the workload"),
+           "livelock": ("livelocked", "livelock seen by the watchdog", "workload stopped by the livelock watchdog")}
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,8 @@ class Lanes:
                 if item.workload is None:
                     continue
                 res, s, check = self.run_cell(s, item.workload, check, item.index)
-                if s is not None and res.failure in ("timeout", "guest_lost", "livelock"):
-                    log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path, _FAILED[res.failure],
+                if s is not None and res.failure in _FAILED:
+                    log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path, _FAILED[res.failure][0],
                              mode.name)
                     s.stop(fast=True)
                     s = None
@@ -225,20 +230,17 @@ class Lanes:
         obs, cap, watch = self.observe(s, w, path, check and not why_not, attempt)
         if watch is not None:  # the counters of every test: what the watchdog judged, kept
             watch.write(self.out / "counters" / f"{obs.forensics_dir}.json")
-            obs.counters = watch.growth()
+            obs.counters = livelock.growth(watch.samples)
         if watch is not None and watch.found is not None:
             # while the vCPU still spins: the counters and the fault path's trace, before sysrq floods the log
             obs.livelock, obs.repeats = watch.found, watch.collect(self.out / "forensics" / obs.forensics_dir)
         res = verdicts.workload_verdict(obs)
-        if res.failure in ("timeout", "guest_lost", "livelock"):
-            why = {"timeout": f"timeout after {w.timeout_s:g} s", "guest_lost": "guest lost during the test",
-                   "livelock": "livelock seen by the watchdog"}[res.failure]
-            summary, artifact = s.forensics(obs.forensics_dir, why)
+        if res.failure in _FAILED:
+            _, why, lost = _FAILED[res.failure]
+            summary, artifact = s.forensics(obs.forensics_dir, why.format(timeout=w.timeout_s))
             res.evidence["forensics"] = summary
             res.artifacts.append(artifact)
             if check:
-                lost = {"timeout": "workload timed out", "guest_lost": "guest lost during the workload",
-                        "livelock": "workload stopped by the livelock watchdog"}[res.failure]
                 return [res, verdicts.consistency_verdict(path, s.mode, None, lost, None)]
             return [res]
         if not check:

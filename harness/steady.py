@@ -60,10 +60,7 @@ def quietest(run: Path) -> tuple[float, int, int, str]:
     counters/*.json: how near any test came to the livelock watchdog's window."""
     best: tuple[float, int, int, str] = (0.0, 0, 0, "-")
     for f in sorted(run.glob("counters/*.json")):
-        rec = json.loads(f.read_text())
-        samples = [livelock.Sample(x["t"], {k: v for k, v in x.items() if k in livelock.COUNTERS})
-                   for x in rec["samples"]]
-        q = livelock.longest_quiet(samples)
+        q = livelock.longest_quiet(livelock.samples_of(json.loads(f.read_text())))
         if q is not None and (q.seconds, q.delta.get("pf_taken", 0)) > best[:2]:
             best = (q.seconds, q.delta.get("pf_taken", 0), q.delta.get("exits", 0), f.stem)
     return best

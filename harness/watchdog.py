@@ -66,23 +66,11 @@ class FaultWatch:
         return self.found.reason() if self.found else ""
 
     def write(self, path: Path) -> None:
-        """Every sample, the policy and the verdict, as JSON (tests/test_livelock.py re-judges such files)."""
+        """Every sample, the policy and the verdict, as JSON (livelock.record; tests/test_livelock.py re-judges
+        such files)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"policy": {"window_s": self.policy.window_s, "min_faults": self.policy.min_faults,
-                             "min_exits": self.policy.min_exits, "every_s": self.policy.every_s},
-                  "livelock": self.found.to_dict() if self.found else None, "unread_samples": self.unread,
-                  "samples": [{"t": s.t, **s.counters} for s in self.samples]}
-        path.write_text(json.dumps(record, indent=1) + "\n")
-
-    def growth(self) -> dict[str, int]:
-        """How much each counter grew over the samples: the sum of each interval's growth, where a drop (a VM
-        destroyed, its counts gone from the sums) counts as none. {} with fewer than two samples."""
-        out: dict[str, int] = {}
-        for prev, cur in zip(self.samples, self.samples[1:], strict=False):
-            for c in livelock.COUNTERS:
-                if c in cur.counters:
-                    out[c] = out.get(c, 0) + max(0, cur.get(c) - prev.get(c))
-        return out
+        rec = livelock.record(self.samples, self.policy, self.found, self.unread)
+        path.write_text(json.dumps(rec, indent=1) + "\n")
 
     def collect(self, dest: Path) -> list[livelock.Repeat]:
         """The evidence of a livelock into `dest` (the test's forensics directory): kvm-counters.json and

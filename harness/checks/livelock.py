@@ -113,6 +113,33 @@ def parse_sample(text: str) -> Sample | None:
     return Sample(t, {k: int(v) for k, v in fields.items() if k in COUNTERS and v.isdigit()})
 
 
+def growth(samples: Sequence[Sample]) -> dict[str, int]:
+    """How much each counter grew over `samples`: the sum of each interval's growth, where a drop (a VM
+    destroyed, its counts gone from the sums) counts as none. {} with fewer than two samples."""
+    out: dict[str, int] = {}
+    for prev, cur in zip(samples, samples[1:], strict=False):
+        for c in COUNTERS:
+            if c in cur.counters:
+                out[c] = out.get(c, 0) + max(0, cur.get(c) - prev.get(c))
+    return out
+
+
+def record(samples: Sequence[Sample], policy: Policy, found: Livelock | None, unread: int) -> dict[str, object]:
+    """The JSON form of a watched test (counters/<test>.json, forensics' kvm-counters.json): every sample,
+    the policy and the verdict. samples_of() reads it back."""
+    return {"policy": {"window_s": policy.window_s, "min_faults": policy.min_faults,
+                       "min_exits": policy.min_exits, "every_s": policy.every_s},
+            "livelock": found.to_dict() if found else None, "unread_samples": unread,
+            "samples": [{"t": x.t, **x.counters} for x in samples]}
+
+
+def samples_of(rec: dict[str, object]) -> list[Sample]:
+    """record()'s samples, as Samples."""
+    raw = rec["samples"]
+    assert isinstance(raw, list)
+    return [Sample(x["t"], {k: v for k, v in x.items() if k in COUNTERS}) for x in raw]
+
+
 def judge(samples: Sequence[Sample], policy: Policy) -> Livelock | None:
     """The livelock that the last samples show, if any.
 
