@@ -70,6 +70,7 @@ class Guest:
         self.port = port
         self._pkey, self._known_hosts = pkey, known_hosts   # to connect again (reconnect)
         self.reconnects: list[str] = []   # why each dropped connection was replaced
+        self.held: list[paramiko.Channel] = []   # commands left running for their forensics (run(hold=True))
 
     @classmethod
     def wait_ready(cls, vm: VM, port: int, key_file: Path, known_hosts: Path, deadline_s: float) -> Guest:
@@ -114,11 +115,13 @@ class Guest:
                 time.sleep(0.15)
 
     def run(self, cmd: str, timeout: float, watch: Callable[[], str] | None = None,
-            watch_every_s: float = 2.0) -> RunResult:
+            watch_every_s: float = 2.0, hold: bool = False) -> RunResult:
         """Run `cmd` in the guest; rc None when it ran past `timeout` (the channel is then closed).
 
         `watch`, when given, is called every `watch_every_s` seconds while `cmd` runs; a non-empty answer
-        stops the wait as the timeout does, and the result's `stopped` keeps it. GuestError when the
+        stops the wait as the timeout does, and the result's `stopped` keeps it. With `hold`, a command
+        that did not end is left running (its channel open) until `release()`: forensics taken meanwhile
+        see its threads where they hang or spin, not a process already gone. GuestError when the
         connection is gone."""
         t0 = time.monotonic()
         next_watch = t0 + watch_every_s
@@ -132,7 +135,7 @@ class Guest:
             proc.check_interrupted()
             left = deadline - time.monotonic()
             if left <= 0:
-                chan.close()
+                self._end(chan, hold)
                 break
             r, _, _ = select.select([chan], [], [], min(left, 1.0))
             while chan.recv_ready():
@@ -151,13 +154,28 @@ class Guest:
             if watch is not None and time.monotonic() >= next_watch:
                 stopped = watch()
                 if stopped:
-                    chan.close()
+                    self._end(chan, hold)
                     break
                 next_watch = time.monotonic() + watch_every_s
         if rc is not None:
             chan.close()
         return RunResult(cmd, rc, out.decode(errors="replace"), err.decode(errors="replace"),
                          time.monotonic() - t0, stopped)
+
+    def _end(self, chan: paramiko.Channel, hold: bool) -> None:
+        if hold:
+            self.held.append(chan)
+        else:
+            chan.close()
+
+    def release(self) -> None:
+        """Close the channels of the commands `run(hold=True)` left running (dropbear then ends them)."""
+        held, self.held = self.held, []
+        for chan in held:
+            try:
+                chan.close()
+            except Exception:
+                pass
 
     def _open(self, cmd: str) -> paramiko.Channel:
         """A channel running `cmd`. A connection found dead between commands is replaced once (the guest
@@ -222,6 +240,7 @@ class Guest:
         return transport is not None and transport.is_active()
 
     def close(self) -> None:
+        self.release()
         try:
             self.client.close()
         except Exception:

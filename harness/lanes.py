@@ -267,7 +267,7 @@ class Lanes:
         watch = watchdog.FaultWatch(s.guest, policy) if policy.enabled else None
         t0 = time.monotonic()
         try:
-            r = s.run(w.command(), w.timeout_s, watch)
+            r = s.run(w.command(), w.timeout_s, watch, hold=True)
         except GuestError as e:
             obs.seconds = time.monotonic() - t0
             self.timings.workload_ran(t0, t0 + obs.seconds)

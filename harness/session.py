@@ -73,9 +73,11 @@ class Session:
             return cls(vm, guest, mode, out, time.monotonic() - vm.started_at)
         raise AssertionError("unreachable")
 
-    def run(self, cmd: str, timeout_s: float, watch: Callable[[], str] | None = None) -> RunResult:
-        """guest.run: rc None on timeout or when `watch` stopped it; GuestError when the guest goes away."""
-        return self.guest.run(cmd, timeout_s, watch)
+    def run(self, cmd: str, timeout_s: float, watch: Callable[[], str] | None = None,
+            hold: bool = False) -> RunResult:
+        """guest.run: rc None on timeout or when `watch` stopped it (left running until `forensics` with
+        `hold`); GuestError when the guest goes away."""
+        return self.guest.run(cmd, timeout_s, watch, hold=hold)
 
     def facts(self) -> ModeFacts:
         """What the guest says about its KVM (modes.FACTS_SCRIPT)."""
@@ -110,6 +112,8 @@ class Session:
         except Exception as e:  # forensics must never turn an ERROR into a crash
             log.warning("forensics for %s failed: %s", path, e)
             summary = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            self.guest.release()   # the hung or spinning command, seen; now it may end
         return summary, str(dest.relative_to(self.out))
 
     def stop(self, fast: bool = False) -> None:
