@@ -24,9 +24,11 @@ log = logging.getLogger("kvm-harness")
 SAMPLE_TIMEOUT_S = 10.0
 TRACE_LINES = 20000     # ~1 s of a spinning vCPU's faults and exits under TCG; ~0.2 MB gzipped
 # kvm_exit says why the vCPU left the guest (npf, a #PF intercept...); fast_page_fault, spte_requested and
-# the TDP MMU's spte changes say what the fault path did about it.
+# the TDP MMU's spte changes say what the fault path did about it; handle_mmio_page_fault, kvm_emulate_insn
+# and kvm_inj_exception what an RSVD fault became (an MMIO spte, the emulator, an exception for L2).
 FAULT_EVENTS = ("kvm/kvm_page_fault", "kvm/kvm_exit", "kvmmmu/fast_page_fault", "kvmmmu/kvm_mmu_spte_requested",
-                "kvmmmu/kvm_tdp_mmu_spte_changed", "kvmmmu/kvm_mmu_set_spte")
+                "kvmmmu/kvm_tdp_mmu_spte_changed", "kvmmmu/kvm_mmu_set_spte", "kvmmmu/handle_mmio_page_fault",
+                "kvm/kvm_emulate_insn", "kvm/kvm_inj_exception")
 FAULT_TRACE_SCRIPT = f"""
 I=/sys/kernel/tracing/instances/kvm-harness-livelock
 [ -d /sys/kernel/tracing/instances ] || {{ echo "no tracefs instances" >&2; exit 3; }}
@@ -86,4 +88,16 @@ class FaultWatch:
         except Exception as e:  # evidence must never turn a FAIL into a crash
             log.warning("fault trace for %s failed: %s", dest.name, e)
             return []
-        return livelock.repeats(text)
+        found = livelock.repeats(text)
+        if not found:
+            return found
+        try:
+            # an L2 rip that is the L1 kernel's own text says whose state the exit saved (docs/steady.md)
+            r = self.guest.run(livelock.nearest_text_script(sorted({x.rip for x in found})), 30)
+            (dest / "kvm-faults-rip.txt").write_text(r.stdout)
+            return livelock.resolve(found, r.stdout) if r.rc == 0 else found
+        except Interrupted:
+            raise
+        except Exception as e:
+            log.warning("L1 symbols of the repeating rips for %s failed: %s", dest.name, e)
+            return found

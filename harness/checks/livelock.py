@@ -30,12 +30,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 DEBUGFS = "/sys/kernel/debug/kvm"
 COUNTERS = ("pf_taken", "pf_fixed", "pf_spurious", "pf_fast", "pf_emulate", "exits", "io_exits", "mmio_exits",
-            "halt_exits", "signal_exits")
+            "halt_exits", "signal_exits", "insn_emulation", "insn_emulation_fail")
 # A fault that ended in one of these, or an exit of one of these kinds, is the guest getting somewhere.
+# insn_emulation is evidence, not progress: an emulator that fails to fetch the same instruction, injecting
+# the same #PF over and over, counts it at every exit (docs/steady.md, the cause).
 PROGRESS = ("pf_fixed", "pf_emulate", "io_exits", "mmio_exits", "halt_exits")
 
 # One line: "t=<guest uptime s> pf_taken=<n> ..."; a counter the kernel lacks reads "-". Builtins only (read,
@@ -178,11 +180,34 @@ def longest_quiet(samples: Sequence[Sample]) -> Livelock | None:
 
 # kvm:kvm_page_fault (arch/x86/kvm/trace.h): "vcpu %u rip 0x%lx address 0x%016llx error_code 0x%llx"
 _FAULT = re.compile(r"kvm_page_fault: vcpu (\d+) rip (0x[0-9a-f]+) address (0x[0-9a-f]+) error_code (0x[0-9a-f]+)")
+# kvm:kvm_exit (arch/x86/kvm/trace.h, 6.x): "vcpu %u reason %s rip 0x%lx info1 0x%016llx info2 0x%016llx
+# intr_info 0x%08x error_code 0x%08x"; intr_info is SVM's EXITINTINFO or VMX's IDT-vectoring information.
+_EXIT = re.compile(r"kvm_exit: vcpu (\d+) reason \S+ rip (0x[0-9a-f]+) info1 0x[0-9a-f]+ info2 0x[0-9a-f]+ "
+                   r"intr_info (0x[0-9a-f]+) error_code (0x[0-9a-f]+)")
+_VECTORS = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
+            10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC", 18: "#MC", 19: "#XM"}
+_EVENT_TYPES = {0: "interrupt", 2: "NMI", 3: "exception", 4: "software interrupt", 5: "privileged exception",
+                6: "software exception"}
+KTEXT_MAX_OFFSET = 0x10000   # farther from the nearest text symbol than any function: not that symbol's
+
+
+def delivering(intr_info: int, error_code: int) -> str:
+    """The event the vCPU was delivering when it exited, from kvm_exit's intr_info (bit 31 valid, bits 10:8
+    type, bits 7:0 vector, bit 11 error code valid: the same layout in SVM's EXITINTINFO, APM vol. 2
+    15.7.2, and VMX's IDT-vectoring information, SDM vol. 3 25.9.3); "" when none was."""
+    if not intr_info & (1 << 31):
+        return ""
+    vector, kind = intr_info & 0xff, (intr_info >> 8) & 7
+    name = _VECTORS.get(vector, f"vector {vector}") if kind in (3, 6) else \
+        _EVENT_TYPES.get(kind, f"type {kind}") + f" {vector}"
+    return name + (f" (error code {error_code:#x})" if intr_info & (1 << 11) else "")
 
 
 @dataclass(frozen=True)
 class Repeat:
-    """One (vCPU, rip, address, error code) that faulted `count` times of `total` in a trace."""
+    """One (vCPU, rip, address, error code) that faulted `count` times of `total` in a trace; `event` is
+    what the vCPU was delivering at its exits (`delivering`), `l1_text` the L1 kernel's text symbol at
+    `rip` (`resolve`), each "" when none."""
 
     vcpu: int
     rip: str
@@ -190,16 +215,53 @@ class Repeat:
     error_code: str
     count: int
     total: int
+    event: str = ""
+    l1_text: str = ""
 
     def describe(self) -> str:
-        return (f"vCPU {self.vcpu} faults at {self.address} (error code {self.error_code}, rip {self.rip}) "
+        rip = f"rip {self.rip}" + (f", which is L1's own {self.l1_text}" if self.l1_text else "")
+        event = f", delivering {self.event}" if self.event else ""
+        return (f"vCPU {self.vcpu} faults at {self.address} (error code {self.error_code}, {rip}{event}) "
                 f"{self.count:,} times of {self.total:,}")
 
 
 def repeats(trace: str, top: int = 3) -> list[Repeat]:
-    """The faults that repeat most in a tracefs text of kvm:kvm_page_fault events, most frequent first."""
+    """The faults that repeat most in a tracefs text of kvm:kvm_page_fault events, most frequent first, each
+    with the event its vCPU's kvm_exit events at that rip say it was delivering (the most frequent)."""
     seen: Counter[tuple[int, str, str, str]] = Counter()
     for m in _FAULT.finditer(trace):
         seen[(int(m.group(1)), m.group(2), m.group(3), m.group(4))] += 1
+    events: dict[tuple[int, str], Counter[str]] = {}
+    for m in _EXIT.finditer(trace):
+        what = delivering(int(m.group(3), 16), int(m.group(4), 16))
+        events.setdefault((int(m.group(1)), m.group(2)), Counter())[what] += 1
     total = sum(seen.values())
-    return [Repeat(v, rip, addr, err, n, total) for (v, rip, addr, err), n in seen.most_common(top)]
+    out = []
+    for (v, rip, addr, err), n in seen.most_common(top):
+        ev = events.get((v, rip))
+        out.append(Repeat(v, rip, addr, err, n, total, ev.most_common(1)[0][0] if ev else ""))
+    return out
+
+
+def nearest_text_script(rips: Sequence[str]) -> str:
+    """A guest shell (busybox awk) printing, for each rip, `<rip as 16 hex digits> <kallsyms line of the
+    nearest text symbol at or below it>`, or the rip alone; `resolve` reads it. /proc/kallsyms addresses
+    are 16 lowercase hex digits, so awk's string comparison orders them; zeros (kptr_restrict) are skipped."""
+    padded = " ".join(f"{int(r, 16):016x}" for r in rips)
+    return ("awk -v r='" + padded + "' 'BEGIN { n = split(r, R, \" \") } "
+            "($2 == \"T\" || $2 == \"t\") && $1 != \"0000000000000000\" { "
+            "for (i = 1; i <= n; i++) if ($1 <= R[i] && (B[i] == \"\" || $1 > B[i])) { B[i] = $1; S[i] = $0 } } "
+            "END { for (i = 1; i <= n; i++) print R[i], S[i] }' /proc/kallsyms")
+
+
+def resolve(found: Sequence[Repeat], nearest: str) -> list[Repeat]:
+    """`found` with `l1_text` set ("symbol+0xoff") where `nearest` (the output of nearest_text_script) puts
+    the rip within KTEXT_MAX_OFFSET of an L1 kernel text symbol."""
+    syms: dict[int, str] = {}
+    for line in nearest.splitlines():
+        f = line.split()
+        if len(f) >= 4 and re.fullmatch(r"[0-9a-f]{16}", f[0]) and re.fullmatch(r"[0-9a-f]{16}", f[1]):
+            off = int(f[0], 16) - int(f[1], 16)
+            if 0 <= off < KTEXT_MAX_OFFSET:
+                syms[int(f[0], 16)] = f"{f[3]}+{off:#x}" + (f" {f[4]}" if len(f) > 4 else "")
+    return [replace(r, l1_text=syms.get(int(r.rip, 16), "")) for r in found]
