@@ -39,7 +39,7 @@ from harness.checks.files import check_files, gc_paused, read_capture, trace_dat
 from harness.checks.findings import Verdict
 from harness.checks.synth import SynthCapture, generate
 from harness.checks.synth_dat import write_trace_dat
-from harness.checks.trace import AnyEvent, TraceStats, WpAllEvent, parse_trace
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, TraceStats, WpAllEvent, WpLoadEvent, parse_trace
 from harness.checks.tracedat import events_from_columns
 from harness.results import PASS
 
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     incs, t_dump_check = _timed(lambda: check_snapshot(big))
     # 4. all of it from the files, as the pipeline calls it: the text trace, then the guest's trace.dat
     dat_path = tmp / "trace.dat"
-    # The trace.dat ends with a write-protect-all enable (of the last event's VM): the columnar checker's
-    # write-protect-all loop then walks every event it concerns (page events, sptes above level 1), as on a
-    # real capture, and none after it is judged against a generation (the synthetic links are not real).
-    last = max(events, key=lambda e: e.seq)
-    _write_guest_trace_dat([*events, WpAllEvent(last.seq + 1, last.vm, True, 1, 0)], dat_path)
+    # The trace.dat ends with a write-protect-all enable (of the last event's VM) and one load: the columnar
+    # checker's write-protect-all loop then walks every event it concerns (page events, sptes above level
+    # 1), as on a real capture, and no link after it is judged against a generation (the synthetic links
+    # are not real).
+    _write_guest_trace_dat([*events, *_enable_and_load(events)], dat_path)
     del events  # the memory of a million events, before the next stages
     verdict_text, t_all_text = _timed(lambda: check_files(dump_paths, trace_path))
     stats = TraceStats()
@@ -218,6 +218,22 @@ def _real_capture(where: Path, repeat: int) -> tuple[int, float, Verdict] | None
         return None
     runs = [_timed(lambda: check_files(dumps, where / "trace.dat")) for _ in range(repeat)]
     return runs[0][0].counts["events"], statistics.median(t for _, t in runs), runs[0][0]
+
+
+def _enable_and_load(events: list[AnyEvent]) -> list[AnyEvent]:
+    """A write-protect-all enable of the last event's VM, then the load of one of its live level-1 pages, as
+    a vCPU running on after the enable does (an enable that no load follows is not judged: it is a SKIP)."""
+    last = max(events, key=lambda e: e.seq)
+    live: dict[int, SpteEvent | PageEvent] = {}
+    for e in events:
+        if isinstance(e, (SpteEvent, PageEvent)) and e.vm == last.vm and e.level == 1:
+            if isinstance(e, PageEvent) and e.op == "free":
+                live.pop(e.spt, None)
+            elif e.spt not in live or live[e.spt].seq < e.seq:
+                live[e.spt] = e
+    page = max(live.values(), key=lambda e: e.seq)
+    return [WpAllEvent(last.seq + 1, last.vm, True, 1, 0),
+            WpLoadEvent(last.seq + 2, last.vm, page.spt, page.gfn, page.role, 1, 0, 1, page.count, 0)]
 
 
 def _write_guest_trace_dat(events: list[AnyEvent], path: Path) -> None:

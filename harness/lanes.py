@@ -42,10 +42,11 @@ class Cell:
     workload: AnyWorkload | None = None
 
 
-def check_capture(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str) -> TestResult:
+def check_capture(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
+                  logs_populated_memory: bool = False) -> TestResult:
     """`<path>.consistency`: the checker run on the captured files, then verdicts.consistency_verdict."""
     verdict = None if cap is None or cap.error or why_not else check_files(cap.snapshots, cap.trace)
-    return verdicts.consistency_verdict(path, mode, cap, why_not, verdict)
+    return verdicts.consistency_verdict(path, mode, cap, why_not, verdict, logs_populated_memory)
 
 
 @dataclass
@@ -246,13 +247,15 @@ class Lanes:
         if not check:
             return [res]
         placeholder = TestResult(f"{path}.consistency", ERROR, reason="not checked yet")
-        self.checks.submit(placeholder, lambda: self.timed_check(path, s.mode, cap, why_not))
+        populated = w.logs_populated_memory
+        self.checks.submit(placeholder, lambda: self.timed_check(path, s.mode, cap, why_not, populated))
         return [res, placeholder]
 
-    def timed_check(self, path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str) -> TestResult:
+    def timed_check(self, path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
+                    logs_populated_memory: bool = False) -> TestResult:
         t0 = time.monotonic()
         with self.timings.measure("check_s"):
-            v = check_capture(path, mode, cap, why_not)
+            v = check_capture(path, mode, cap, why_not, logs_populated_memory)
         log.debug("%s: consistency checked in %.1f s", path, time.monotonic() - t0)
         return v
 

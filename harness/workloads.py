@@ -20,6 +20,9 @@ class Workload:
     variant: str                # e.g. the dirty-log mode
     argv: tuple[str, ...]
     timeout_s: float
+    # It enables dirty logging on a memslot the guest has already written: write-protect-all has pages to
+    # protect, so in a mode that reaches the shadow MMU its rules must be judged (verdicts.consistency_verdict).
+    logs_populated_memory: bool = False
     checks_consistency: ClassVar[bool] = True   # the bitmap is checked on what it did
 
     def path(self, mode: str) -> str:
@@ -44,6 +47,7 @@ class CommandWorkload:
     timeout_s: float
     test: str = "cmd"
     checks_consistency: ClassVar[bool] = False
+    logs_populated_memory: ClassVar[bool] = False
 
     def path(self, mode: str) -> str:
         return f"kvm.{mode}.cmd.{self.variant}"
@@ -85,10 +89,11 @@ class WorkloadPlan:
         # -g: manual protect off, so enabling dirty logging write-protects all
         # memory at once: the path the series under test speeds up.
         out.append(Workload("dirty_log_perf_test", "", ("-v", "1", "-b", self.perf_bytes,
-                                                        "-i", str(self.perf_iterations), "-g"), self.timeout_s))
+                                                        "-i", str(self.perf_iterations), "-g"), self.timeout_s,
+                            logs_populated_memory=True))
         # Checks the content of the dirty log after a flags-only enable: the path write-protect-all takes.
         out.append(Workload("dirty_log_enable_test", "", ("-c", str(self.enable_cycles), "-m", str(self.enable_mb),
-                                                          "-v", "2"), self.timeout_s))
+                                                          "-v", "2"), self.timeout_s, logs_populated_memory=True))
         return out
 
     def selected(self, mode: str, available: Collection[str] | None = None) -> list[AnyWorkload]:

@@ -87,7 +87,7 @@ def _renumber(events: list[AnyEvent]) -> list[AnyEvent]:
 
 
 MUTATIONS = ("old", "new", "count", "index", "drop", "drop-renumber", "dup-seq", "alloc", "bit", "dump-count",
-             "dump-gen", "load-gen", "load-count", "upper")
+             "dump-gen", "load-gen", "load-count", "upper", "enable-gen", "load-current")
 
 
 def mutate(rng: random.Random, snaps: list[Snapshot], events: list[AnyEvent], kind: str | None = None) -> str:
@@ -133,6 +133,19 @@ def mutate(rng: random.Random, snaps: list[Snapshot], events: list[AnyEvent], ki
             j = rng.choice(ups)
             x = events[j]
             events[j] = replace(x, new=x.old, old=x.new | 2) if isinstance(x, SpteEvent) else x
+        elif how == "enable-gen":  # an enable at a generation the VM had (W4)
+            ens = [j for j, x in enumerate(events) if isinstance(x, WpAllEvent) and x.enable]
+            if not ens:
+                return "none"
+            j = rng.choice(ens)
+            x = events[j]
+            assert isinstance(x, WpAllEvent)
+            events[j] = replace(x, gen=x.gen - 1)
+        elif how == "load-current" and loads:  # a load of a page that is current already (W1)
+            j = rng.choice(loads)
+            x = events[j]
+            assert isinstance(x, WpLoadEvent)
+            events[j] = replace(x, old_gen=x.gen)
         elif loads:
             j = rng.choice(loads)
             x = events[j]

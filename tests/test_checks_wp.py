@@ -124,6 +124,57 @@ def test_a_load_against_the_wrong_generation_or_count_fails() -> None:
     assert kinds(v)["wp_load_count_mismatch"] == 1, v
 
 
+def test_a_load_of_a_page_already_at_the_current_generation_fails() -> None:
+    # W1: C is loaded twice; the second load finds it at generation 1 already, yet says it was stale
+    evs = story()
+    again = [*evs, replace(ev("load", C, 3, 1, 1, 1), seq=10, line_no=110)]
+    v = check_both([EMPTY], again)
+    assert kinds(v) == {"wp_load_current_page": 1}, v
+    inc = v.inconsistencies[0]
+    assert (inc.spt, inc.level, inc.seq, inc.expected, inc.actual) == (C, 3, 10, "a page older than 0x1", "page at 0x1")
+    # a page created after the enable is at its generation from the start: loading it is the same fault
+    late = [*evs, replace(ev("alloc", C + 0x1000, 3), seq=10, line_no=110),
+            replace(ev("load", C + 0x1000, 3, 1, 1, 0), seq=11, line_no=111)]
+    assert kinds(check_both([EMPTY], late)) == {"wp_load_current_page": 1}
+
+
+def test_an_enable_that_does_not_advance_the_generation_fails() -> None:
+    # W4: the first enable must leave generation 0 (a new VM's), and each later one pass every earlier one
+    v = check_both([EMPTY], story(5, 6, 7, _4=ev("all", 1, 0), _8=ev("spte", R, 4, 0, LINK_W, LINK_RO, 0)))
+    assert kinds(v)["wp_enable_generation_reused"] == 1, v
+    inc = next(i for i in v.inconsistencies if i.kind == "wp_enable_generation_reused")
+    assert (inc.vm, inc.level, inc.seq, inc.actual) == (VM, 0, 5, "0x0") and "the VM's creation" in inc.detail
+    assert str(inc).startswith(f"wp_enable_generation_reused: VM {VM:#x} at seq 0x5: expected a generation above")
+    # enable 1, disable, enable 1 again: the second enable reuses the first's generation
+    evs = story()
+    cycle = [*evs, *(replace(e, seq=10 + i, line_no=110 + i)
+                     for i, e in enumerate([ev("all", 0, 1), ev("all", 1, 1)]))]
+    v = check_both([EMPTY], cycle)
+    assert kinds(v) == {"wp_enable_generation_reused": 1}, v
+    inc = v.inconsistencies[0]
+    assert "the enable at seq 0x5" in inc.detail and inc.expected == "a generation above 0x1"
+    assert any("enable=1 gen=0x1" in e for e in inc.recent_events), inc.recent_events
+    # ... and enable 2 is right, once a vCPU reloads its root
+    cycle[-1] = replace(cycle[-1], gen=2)
+    reload = [replace(ev("load", R, 4, 1, 2, 1), seq=12, line_no=112), replace(ev("spte", R, 4, 0, LINK_W, LINK_RO, 0),
+                                                                            seq=13, line_no=113)]
+    assert check_both([EMPTY], [*cycle, *reload]).status == "PASS"
+
+
+def test_an_enable_that_no_load_follows_is_not_judged() -> None:
+    # the enable of the story, and then nothing: the VM had a writable link and a 1G page to protect
+    v = check_both([EMPTY], story(5, 6, 7, 8))
+    assert v.status == "SKIP" and v.reason.startswith("write-protect-all not judged: write-protect-all was enabled"
+                                                       " at seq 0x5"), v
+    assert "with 2 possibly-writable sptes in 2 shadow pages, and no page was loaded after it" in v.reason
+    # the same when a disable comes first, or a second enable (each enable is waited for on its own)
+    off = [*story(5, 6, 7, 8), replace(ev("all", 0, 1), seq=6, line_no=106)]
+    assert check_both([EMPTY], off).status == "SKIP"
+    # nothing to protect at the enable: nothing to judge, nothing missed
+    bare = [replace(e, seq=i, line_no=100 + i) for i, e in enumerate([ev("alloc", R, 4), ev("all", 1, 1)], 1)]
+    assert check_both([EMPTY], bare).status == "PASS"
+
+
 def test_wp_events_are_part_of_the_sequence() -> None:
     evs = story()
     del evs[4]  # the enable's seq is missing: events were lost
@@ -182,6 +233,33 @@ def test_a_load_against_another_generation_in_the_real_trace_fails(tmp_path: Pat
     assert v.status == "FAIL" and kinds(v)["wp_load_generation"] >= 1, v
     first = next(i for i in v.inconsistencies if i.kind == "wp_load_generation")
     assert (first.seq, first.level, first.actual) == (0x155626, 4, "enabled, gen 0x3, page at 0x0")
+
+
+def test_a_second_enable_at_the_first_ones_generation_in_the_real_trace_fails(tmp_path: Path) -> None:
+    def edit(lines: list[str]) -> None:
+        enables = [i for i, line in enumerate(lines) if "kvm_mmu_wp_all:" in line and "enable=1" in line]
+        assert len(enables) == 2 and " gen=0x2" in lines[enables[1]]
+        lines[enables[1]] = lines[enables[1]].replace(" gen=0x2", " gen=0x1")
+    v = check_files(DUMPS, _real_trace_text(tmp_path, edit))
+    assert v.status == "FAIL" and kinds(v)["wp_enable_generation_reused"] == 1, v
+
+
+def test_a_load_of_a_current_page_in_the_real_trace_fails(tmp_path: Path) -> None:
+    # the second load of the real trace, repeated right after itself (seq renumbered after it): a page that
+    # the first one made current is loaded again
+    def edit(lines: list[str]) -> None:
+        import re
+        i = next(i for i, line in enumerate(lines) if "kvm_mmu_wp_load:" in line)
+        seq = int(re.search(r"seq=(0x[0-9a-f]+)", lines[i]).group(1), 16)
+        def bump(line: str) -> str:
+            m = re.search(r"seq=(0x[0-9a-f]+)", line)
+            return line if m is None or int(m.group(1), 16) <= seq else \
+                line.replace(m.group(0), f"seq={int(m.group(1), 16) + 1:#x}")
+        lines[:] = [bump(line) for line in lines]
+        again = lines[i].replace(f"seq={seq:#x}", f"seq={seq + 1:#x}").replace(" old_gen=0x0", " old_gen=0x1")
+        lines.insert(i + 1, again)
+    v = check_files(DUMPS, _real_trace_text(tmp_path, edit))
+    assert v.status == "FAIL" and kinds(v)["wp_load_current_page"] == 1, v
 
 
 def test_a_stale_child_below_a_writable_link_in_the_real_dump_fails(tmp_path: Path) -> None:

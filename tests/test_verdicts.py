@@ -18,6 +18,7 @@ from harness.verdicts import (
     workload_verdict,
     worth_a_retry,
 )
+from harness.workloads import WorkloadPlan
 
 
 def _w(status, reason="", failure=None, output=""):
@@ -191,9 +192,32 @@ def test_consistency_verdict_errors_on_incomplete_evidence():
 
 def test_a_skip_is_an_error_where_the_mode_reaches_the_patched_code():
     cap = capture.Captured(Path("/cap"), ring_entries=10)
-    assert consistency_verdict("p", MODES["tdp_mmu"], cap, "", _verdict(SKIP)).status == SKIP
-    res = consistency_verdict("p", MODES["shadow"], cap, "", _verdict(SKIP))
+    tdp_only = Verdict(SKIP, "only TDP MMU pages (out of scope)", new_counts(events=10), [])
+    assert consistency_verdict("p", MODES["tdp_mmu"], cap, "", tdp_only).status == SKIP
+    res = consistency_verdict("p", MODES["shadow"], cap, "", tdp_only)
     assert res.status == ERROR and res.reason.startswith("mode shadow should reach the patched code")
+    # the checker's own SKIP on shadow pages (write-protect-all not judged) stays a SKIP with its reason
+    unjudged = _verdict(SKIP)
+    assert consistency_verdict("p", MODES["shadow"], cap, "", unjudged).status == SKIP
+
+
+def test_write_protect_all_must_be_judged_where_the_workload_logs_memory_it_wrote():
+    cap = capture.Captured(Path("/cap"), ring_entries=10)
+    v2 = Verdict(PASS, "no inconsistency", new_counts(events=10, pages=2, wp_dumps=3), [])
+    res = consistency_verdict("p", MODES["tdp_legacy"], cap, "", v2, logs_populated_memory=True)
+    assert res.status == SKIP and res.reason.startswith("write-protect-all not judged: the workload starts dirty"), res
+    assert res.reason.endswith("; no inconsistency")
+    # with an enable traced it is the checker's to say; dirty_log_test (logging from the memslot's creation),
+    # a v1 kernel (the bitmap alone) or tdp_mmu (out of scope) have nothing of the kind to judge
+    enabled = Verdict(PASS, "ok", new_counts(events=10, pages=2, wp_dumps=3, wp_all_enables=1), [])
+    assert consistency_verdict("p", MODES["shadow"], cap, "", enabled, logs_populated_memory=True).status == PASS
+    assert consistency_verdict("p", MODES["shadow"], cap, "", v2).status == PASS
+    v1 = Verdict(PASS, "ok", new_counts(events=10, pages=2), [])
+    assert consistency_verdict("p", MODES["shadow"], cap, "", v1, logs_populated_memory=True).status == PASS
+    assert consistency_verdict("p", MODES["tdp_mmu"], cap, "", v2, logs_populated_memory=True).status == PASS
+    plan = WorkloadPlan()
+    assert {w.test for w in plan.workloads() if w.logs_populated_memory} == {"dirty_log_perf_test",
+                                                                            "dirty_log_enable_test"}
 
 
 def test_no_shadow_mmu_evidence_is_a_skip_where_the_mode_never_reaches_it():

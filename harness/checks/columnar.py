@@ -28,10 +28,10 @@ import numpy.typing as npt
 
 from harness.checks.dumpcols import DumpColumns, parse_dump_columns
 from harness.checks.findings import Verdict, describe_counts, new_counts
-from harness.checks.replay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.checks.trace import TraceStats
 from harness.checks.tracedat import ALLOC, FREE, SPTE, WP_ALL, EventColumns
 from harness.checks.wpcols import WpReplay
+from harness.checks.wpreplay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.results import PASS
 
 I64 = npt.NDArray[np.int64]
@@ -98,6 +98,7 @@ def check_columns(dumps: list[DumpColumns], ev: EventColumns, stats: TraceStats)
             return None
         counts["wp_checks"] += links
         counts["pages"] += int(d.spt.size)
+        counts["wp_dumps"] += d.wp_all is not None
         counts["sptes"] += int(d.value.size)
     order = np.argsort(ev.seq, kind="stable")
     seq_sorted = ev.seq[order]

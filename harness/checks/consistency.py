@@ -26,8 +26,9 @@ from harness.checks.findings import (
     page_inconsistency,
     set_bits,
 )
-from harness.checks.replay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK, Replay
+from harness.checks.replay import Replay
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, format_event, where
+from harness.checks.wpreplay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.results import ERROR, FAIL, PASS, SKIP
 
 RECENT_EVENTS = 6  # trace events shown per inconsistency
@@ -146,7 +147,8 @@ def _describe(ev: AnyEvent, masks: Masks | None) -> str:
 
 def _attach_recent(items: list[Inconsistency], evs: list[AnyEvent],
                    masks_for: dict[int, Masks], default: Masks | None) -> None:
-    """Give each kept inconsistency the last trace events of its spte (or page), up to its seq."""
+    """Give each kept inconsistency the last trace events of its spte (or page, or for a VM-level one the
+    VM's write-protect-all enables and disables), up to its seq."""
     if not items or not evs:
         return
     wanted: dict[tuple[int, int], list[Inconsistency]] = {}
@@ -154,9 +156,8 @@ def _attach_recent(items: list[Inconsistency], evs: list[AnyEvent],
         wanted.setdefault((inc.vm, inc.spt), []).append(inc)
     found: dict[int, list[AnyEvent]] = {id(i): [] for i in items}
     for ev in evs:
-        if isinstance(ev, WpAllEvent):
-            continue
-        incs = wanted.get((ev.vm, ev.spt))
+        # a VM-level finding (level 0) is told with its VM's enables and disables
+        incs = wanted.get((ev.vm, 0) if isinstance(ev, WpAllEvent) else (ev.vm, ev.spt))
         if incs is None:
             continue
         for inc in incs:
@@ -197,6 +198,7 @@ def check(snapshots: list[Snapshot], events: Iterable[AnyEvent], *, lost_events:
         counts["wp_checks"] += wp_self_check(snap, findings)
         counts["pages"] += n_pages
         counts["sptes"] += n_sptes
+        counts["wp_dumps"] += snap.wp_all is not None
     if len({s.masks for s in snapshots}) > 1:
         errors.add("the dumps disagree on the masks (dumps of different boots mixed?)")
 
@@ -208,9 +210,12 @@ def check(snapshots: list[Snapshot], events: Iterable[AnyEvent], *, lost_events:
     if lost_events:
         errors.add(f"lost trace events: ftrace reported {lost_events} lost")
     masks_for = {s.vm: s.masks for s in snapshots}
+    unjudged: list[str] = []
     if evs and snapshots:
         replay = Replay(snapshots, findings, errors)
         replay.run(evs)
+        replay.finish()
+        unjudged = replay.wp_unjudged
         counts["pages_replayed"] = replay.pages_replayed
         counts["snapshot_comparisons"] = replay.comparisons
         counts["wp_checks"] += replay.wp_checks
@@ -241,4 +246,8 @@ def check(snapshots: list[Snapshot], events: Iterable[AnyEvent], *, lost_events:
             return Verdict(SKIP, f"only TDP MMU pages (out of scope); {examined}", counts, [])
         return Verdict(ERROR, f"no shadow page and no pw trace event: zero evidence is not a pass; {examined}",
                        counts, [])
+    if unjudged:
+        more = f" (and {len(unjudged) - 1} more such enables)" if len(unjudged) > 1 else ""
+        return Verdict(SKIP, f"write-protect-all not judged: {unjudged[0]}{more}; the bookkeeping has no"
+                             f" inconsistency; {examined}", counts, [])
     return Verdict(PASS, f"no inconsistency; {examined}", counts, [])

@@ -16,7 +16,8 @@ MAX_ERRORS_SHOWN = 5  # capture faults named in the reason (all are counted)
 WP_COUNT_KEYS = ("wp_all_enables", "wp_all_disables", "wp_loads")
 COUNT_KEYS = ("snapshots", "vms", "pages", "sptes", "events", "pages_replayed", "snapshot_comparisons",
               "inconsistencies", "capture_faults", "lost_events", *WP_COUNT_KEYS,
-              "wp_checks")  # write-protect-all invariants checked: loads replayed, writable links judged
+              "wp_checks",  # write-protect-all invariants checked: loads replayed, writable links judged
+              "wp_dumps")  # v2 dumps (FORMAT.md): the kernel carries write-protect-all's instrumentation
 
 
 def new_counts(**given: int) -> dict[str, int]:
@@ -46,6 +47,7 @@ class Inconsistency:
     role_decoded: str
     level: int
     idx: int | None  # spte index, None for a page-level finding
+    # level 0 (and spt, gfn, role 0): a finding about the VM itself, such as its write-protect-all indicator
     expected: int | str | None
     actual: int | str | None
     detail: str
@@ -57,6 +59,11 @@ class Inconsistency:
         where = f"spte {self.idx}" if self.idx is not None else "page-level"
         at = f" at seq {self.seq:#x}" if self.seq is not None else ""
         src = f" [{self.source}]" if self.source else ""
+        if self.level == 0:  # a finding about the VM (its write-protect-all indicator), no page
+            text = (f"{self.kind}: VM {self.vm:#x}{at}: expected {self.expected}, actual {self.actual}."
+                    f" {self.detail}{src}")
+            text += "".join(f"\n    {e}" for e in self.recent_events)
+            return text
         text = (f"{self.kind}: VM {self.vm:#x}, page spt={self.spt:#x} gfn={self.gfn:#x} level {self.level}"
                 f" (role {self.role:#x}: {self.role_decoded}), {where}{at}: expected {self.expected},"
                 f" actual {self.actual}. {self.detail}{src}")

@@ -1,7 +1,8 @@
 """The trace replay: every page's possible-writable state rebuilt from the `kvm_mmu_pw_*` events in seq
 order, compared with every event and with each dump at the dump's seq (README.md here says why exactly).
 Write-protect-all's events (`kvm_mmu_wp_*`) take part in the same sequence; the replay follows each VM's
-indicator and each page's generation and checks the invariants of README.md's "Write-protect-all"."""
+indicator and each page's generation and checks the invariants of README.md's "Write-protect-all" (their
+rules are wpreplay.py's)."""
 
 from __future__ import annotations
 
@@ -9,45 +10,14 @@ from operator import attrgetter
 
 from harness.checks.debugfs import Masks, ShadowPage, Snapshot, decode_role
 from harness.checks.findings import CaptureFaults, Findings, Inconsistency, page_inconsistency, set_bits
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, where
-
-PT_PAGE_SIZE_MASK = 1 << 7  # a huge leaf spte (arch/x86/kvm/mmu/spte.h); the same bit in every spte format
-SPTE_BASE_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # SPTE_BASE_ADDR_MASK (spte.h), physical address bits 51:12
-
-
-class _Load:
-    """A load (kvm_mmu_wp_load) and the non-leaf sptes it still has to write-protect."""
-
-    __slots__ = ("ev", "vm", "pg", "todo")
-
-    def __init__(self, ev: WpLoadEvent, pg: PageState, todo: int) -> None:
-        self.ev = ev
-        self.vm = ev.vm
-        self.pg = pg
-        self.todo = todo
-
-
-class PageState:
-    """Replayed state of one shadow page incarnation (from its alloc event)."""
-
-    __slots__ = ("bitmap", "count", "drift", "gfn", "role", "level", "alloc_seq", "upper", "gen")
-
-    def __init__(self, gfn: int, role: int, level: int, alloc_seq: int, kernel_count: int, gen: int) -> None:
-        self.bitmap = 0
-        self.upper = 0  # the set bits whose spte is a non-leaf (only pages of level > 1 have any)
-        self.gen = gen  # sp->wp_all_gen: the generation at alloc, then at each load
-        self.count = 0  # popcount(bitmap), maintained incrementally
-        self.drift = kernel_count  # kernel counter - count, as last seen (0 unless already reported)
-        self.gfn = gfn
-        self.role = role
-        self.level = level
-        self.alloc_seq = alloc_seq
-
+from harness.checks.pagestate import PageState
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpLoadEvent, where
+from harness.checks.wpreplay import Load, WriteProtectAllRules
 
 _NO_SEQ = 1 << 64  # beyond any seq
 
 
-class Replay:
+class Replay(WriteProtectAllRules):
     """Replays the trace in seq order and compares with the dumps at their seq."""
 
     def __init__(self, snapshots: list[Snapshot], findings: Findings, errors: CaptureFaults) -> None:
@@ -65,12 +35,9 @@ class Replay:
         self.pages_replayed = 0
         self.comparisons = 0
         self.last_seq = -1  # last seq replayed without a gap
-        # vm -> (enabled, generation) of its write-protect-all indicator; a new VM's is zero (kzalloc'd)
-        self.wp: dict[int, tuple[bool, int]] = {}
         offsets = {s.wp_all.page_offset for s in snapshots if s.wp_all is not None}
-        # PAGE_OFFSET, to find the page a non-leaf spte points to (dump v2); None: that check is not made
-        self.page_offset = offsets.pop() if len(offsets) == 1 else None
-        self.wp_checks = 0  # write-protect-all invariants checked (loads, and writable links of loaded pages)
+        # PAGE_OFFSET, to find the page a non-leaf spte points to (dump v2); None: W3 is not checked
+        self.wp_init(offsets.pop() if len(offsets) == 1 else None)
 
     # -- the hot loop -------------------------------------------------------------------------------------
     def run(self, evs: list[AnyEvent]) -> None:
@@ -83,7 +50,7 @@ class Replay:
         cur_vm = -1
         pages: dict[int, PageState] = {}
         pm = wm = 0
-        pending: dict[int, _Load] = {}  # vm -> its load whose non-leaf sptes must be the VM's next events
+        pending: dict[int, Load] = {}  # vm -> its load whose non-leaf sptes must be the VM's next events
         expect = evs[0].seq if evs else 0
         self.last_seq = expect - 1
         for ev in evs:
@@ -218,67 +185,6 @@ class Replay:
         if ev.count != dead.count + dead.drift and f.report("free_count_mismatch"):
             f.keep(self._inc("free_count_mismatch", ev, dead, None, dead.count + dead.drift, ev.count,
                              f"The free event's counter differs from the replay (popcount {dead.count})."))
-
-    # -- write-protect-all (README.md, "Write-protect-all") ------------------------------------------------
-    def _upper(self, ev: SpteEvent, pg: PageState, now: int, pages: dict[int, PageState]) -> None:
-        """Keep `upper` (non-leaf bits) and check that a writable link made in a loaded page while
-        write-protect-all is enabled points to a loaded (or new) child."""
-        bit = 1 << ev.idx
-        if not now or ev.new & PT_PAGE_SIZE_MASK:
-            pg.upper &= ~bit
-            return
-        pg.upper |= bit
-        enabled, gen = self.wp.get(ev.vm, (False, 0))
-        if not enabled or pg.gen != gen or self.page_offset is None:
-            return
-        child = pages.get((ev.new & SPTE_BASE_ADDR_MASK) + self.page_offset)
-        self.wp_checks += 1
-        if child is not None and child.gen != gen and self.findings.report("wp_stale_child_writable"):
-            self.findings.keep(self._inc(
-                "wp_stale_child_writable", ev, pg, ev.idx, f"child at generation {gen:#x}",
-                f"child at {child.gen:#x}",
-                f"A loaded page links (writable) to child gfn={child.gfn:#x} level {child.level}, which was"
-                f" not loaded since write-protect-all was enabled: the child's {child.count} possibly-writable"
-                " sptes can be written without a fault, unlogged."))
-
-    def _wp_event(self, ev: WpAllEvent | WpLoadEvent, pages: dict[int, PageState]) -> _Load | None:
-        """Follow the indicator; check a load against the replay; returns the load whose non-leaf sptes
-        must now be write-protected, if it has any."""
-        if isinstance(ev, WpAllEvent):
-            self.wp[ev.vm] = (ev.enable, ev.gen)
-            return None
-        pg = pages.get(ev.spt)
-        if pg is None:
-            self._untraced(ev, "a write-protect-all load")
-            return None
-        self.wp_checks += 1
-        f = self.findings
-        enabled, gen = self.wp.get(ev.vm, (False, 0))
-        if (not enabled or ev.gen != gen or ev.old_gen != pg.gen) and f.report("wp_load_generation"):
-            f.keep(self._inc("wp_load_generation", ev, pg, None,
-                             f"enabled, gen {gen:#x}, page at {pg.gen:#x}",
-                             f"{'enabled' if enabled else 'disabled'}, gen {ev.gen:#x}, page at {ev.old_gen:#x}",
-                             "A page was loaded against a generation that the VM's indicator does not hold, or"
-                             " the page's own generation differs from the replay."))
-        if ev.count != pg.count + pg.drift and f.report("wp_load_count_mismatch"):
-            f.keep(self._inc("wp_load_count_mismatch", ev, pg, None, pg.count + pg.drift, ev.count,
-                             f"The counter the load walks by differs from the replay (popcount {pg.count})."))
-        pg.gen = ev.gen
-        todo = pg.upper & pg.bitmap
-        return _Load(ev, pg, todo) if todo else None
-
-    def _load_step(self, load: _Load, ev: AnyEvent) -> _Load | None:
-        """The next event of a load's VM: it must make one of the load's writable non-leaf sptes read-only."""
-        if ev.__class__ is SpteEvent and ev.spt == load.ev.spt and load.todo >> ev.idx & 1:
-            load.todo &= ~(1 << ev.idx)
-            return load if load.todo else None
-        if self.findings.report("wp_load_left_writable"):
-            left = list(set_bits(load.todo))
-            self.findings.keep(self._inc(
-                "wp_load_left_writable", load.ev, load.pg, left[0], "read-only", "writable",
-                f"The load did not write-protect the writable non-leaf sptes {', '.join(map(str, left))}"
-                f" (the next event of the VM is seq {ev.seq:#x}): writes below them are not logged."))
-        return None
 
     def _compare(self, snap: Snapshot) -> None:
         """The replay, which is exactly at snap.seq for snap.vm, must reproduce the dump."""

@@ -1,6 +1,6 @@
 """Write-protect-all's invariants for the columnar checker: a loop over the few events they concern.
 
-README.md here ("Write-protect-all") defines W1-W3 and `replay.py` checks them on objects. They depend on
+README.md here ("Write-protect-all") defines W1-W4 and `replay.py` checks them on objects. They depend on
 each page's generation, on which of a page's bits are non-leaf (only pages above level 1 have any), and on
 the order of a VM's events right after a load. So this walks, in seq order, only the page allocs and frees,
 the kvm_mmu_wp_* events and the spte events of pages above level 1 (~1% of a real capture's events); the
@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.checks.dumpcols import DumpColumns
-from harness.checks.replay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.checks.tracedat import ALLOC, FREE, SPTE, WP_ALL, WP_LOAD, EventColumns
+from harness.checks.wpreplay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 
 I64 = npt.NDArray[np.int64]
 
@@ -47,7 +47,7 @@ class WpReplay:
             dumps: list[DumpColumns]) -> WpReplay | None:
         """Replay write-protect-all over `ev` (`order`: its rows in seq order; `vm_idx`: each row's VM as a
         small number; `pages`: the rows of page events, their incarnations, the rows of spte events and
-        their new states, as columnar.py found them). None at the first violation of W1-W3."""
+        their new states, as columnar.py found them). None at the first violation of W1-W4."""
         n_inc = inc_level.size
         kind = ev.kind
         if not ((kind == WP_ALL) | (kind == WP_LOAD)).any():
@@ -80,6 +80,8 @@ class WpReplay:
         bits: dict[int, list[int]] = {}  # incarnation above level 1 -> [bitmap, non-leaf bits]
         live: dict[tuple[int, int], int] = {}  # (vm, spt) -> incarnation
         wp: dict[int, tuple[bool, int]] = {}  # vm -> (enabled, generation)
+        top: dict[int, int] = {}  # vm -> the highest generation an enable gave it (W4)
+        waiting: set[int] = set()  # VMs with live pages whose last enable no load has followed yet
         pending: dict[int, list[int]] = {}  # vm -> [seq of its last event, incarnation, bits to protect]
         loads: list[tuple[int, int, int]] = []
         checks = 0
@@ -120,12 +122,23 @@ class WpReplay:
             elif kd == FREE:
                 del live[(vm, spt)]
             elif kd == WP_ALL:
+                if vm in waiting:
+                    return None  # an enable no load followed: the reference says whether it is judged
+                if enable:
+                    if any(live_vm == vm for live_vm, _ in live):
+                        waiting.add(vm)
+                    if g <= top.get(vm, 0):
+                        return None  # wp_enable_generation_reused
+                    top[vm] = g
                 wp[vm] = (bool(enable), g)
             else:
                 checks += 1
                 enabled, cur = wp.get(vm, (False, 0))
                 if not enabled or g != cur or old_gen != gen[i]:
                     return None  # wp_load_generation
+                if gen[i] == cur:
+                    return None  # wp_load_current_page
+                waiting.discard(vm)
                 gen[i] = g
                 loads.append((i, seq, g))
                 upper = bits.get(i)
@@ -135,4 +148,6 @@ class WpReplay:
         for vm, p in pending.items():
             if last_of_vm[vm] != p[0]:
                 return None  # the load's VM went on without protecting them
+        if waiting:
+            return None
         return cls(gen0, loads, checks)
