@@ -62,8 +62,10 @@ def safe_name(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", path)
 
 
-def collect(vm: VM, guest: Guest | None, dest: Path, why: str) -> dict[str, object]:
-    """Collect everything still reachable into `dest`; return the summary (also in forensics.json)."""
+def collect(vm: VM, guest: Guest | None, dest: Path, why: str, trace: bool = True) -> dict[str, object]:
+    """Collect everything still reachable into `dest`; return the summary (also in forensics.json).
+    `trace` False leaves the trace ring buffer alone (TRACE_SCRIPT stops tracing to read it): the capture
+    going on there is judged after the test is ended, its VMs' teardown included."""
     dest.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     collected: list[str] = []
@@ -89,7 +91,10 @@ def collect(vm: VM, guest: Guest | None, dest: Path, why: str) -> dict[str, obje
         _text(guest, "ps", dest / "ps.txt", collected, missing)
         _stream(guest, f"({PW_SPTES_SCRIPT}) | gzip -1 -c", dest / "pw_sptes.txt.gz", STEP_TIMEOUT_S,
                 collected, missing)
-        _stream(guest, TRACE_SCRIPT, dest / "trace.txt.gz", TRACE_TIMEOUT_S, collected, missing)
+        if trace:
+            _stream(guest, TRACE_SCRIPT, dest / "trace.txt.gz", TRACE_TIMEOUT_S, collected, missing)
+        else:
+            summary["trace"] = "left running: the test's capture (capture/<test>/trace.dat) holds it, judged"
     summary["seconds"] = round(time.monotonic() - t0, 1)
     (dest / "forensics.json").write_text(json.dumps(summary, indent=1) + "\n")
     log.info("forensics (%s) in %s: %s%s", why, dest, ", ".join(collected),

@@ -168,6 +168,27 @@ class Guest:
         else:
             chan.close()
 
+    def held_ended(self) -> str:
+        """How the commands `run(hold=True)` left running ended since, if they did: "exit N: <their last
+        line of output>" for each ("" while they run): a stopped test may still end by itself before its
+        forensics are taken."""
+        out = []
+        for chan in self.held:
+            try:
+                if not chan.exit_status_ready():
+                    continue
+                text = b""
+                while chan.recv_ready():
+                    text += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    text += chan.recv_stderr(65536)
+                last = next((ln.strip() for ln in reversed(text.decode(errors="replace").splitlines()) if ln.strip()),
+                            "")
+                out.append(f"exit {chan.recv_exit_status()}" + (f": {last[:300]}" if last else ""))
+            except Exception:
+                continue
+        return "; ".join(out)
+
     def release(self) -> None:
         """Close the channels of the commands `run(hold=True)` left running (dropbear then ends them)."""
         held, self.held = self.held, []

@@ -21,7 +21,7 @@ from .errors import BootError, GuestError, Interrupted
 from .modes import MODES, MmuMode
 from .prepare import Prepared
 from .request import RunOptions
-from .results import ERROR, PASS, TestResult
+from .results import ERROR, PASS, SKIP, TestResult
 from .schedule import BackgroundChecks, ResultBook, Timings, WorkQueue
 from .session import Session
 from .workloads import AnyWorkload
@@ -182,7 +182,8 @@ class Lanes:
                            reason="the instrumentation series was applied but the guest has no "
                                   "kvmmmu:kvm_mmu_pw_spte tracepoint")
                 for w in self.opts.plan.selected(mode.name, self.prepared.selftests) if w.checks_consistency])
-        return Started(s, auto and facts.instrumented)
+        s.unjudgeable = facts.partly_instrumented() if auto else ""
+        return Started(s, auto and facts.instrumented and not s.unjudgeable)
 
     def run_cell(self, s: Session, w: AnyWorkload, check: bool,
                  index: int) -> tuple[TestResult, Session | None, bool]:
@@ -238,18 +239,40 @@ class Lanes:
         res = verdicts.workload_verdict(obs)
         if res.failure in _FAILED:
             _, why, lost = _FAILED[res.failure]
-            summary, artifact = s.forensics(obs.forensics_dir, why.format(timeout=w.timeout_s))
+            judged = check and res.failure != "guest_lost"   # its capture, tracing still on, is judged after
+            summary, artifact = s.forensics(obs.forensics_dir, why.format(timeout=w.timeout_s), trace=not judged)
             res.evidence["forensics"] = summary
             res.artifacts.append(artifact)
-            if check:
-                return [res, verdicts.consistency_verdict(path, s.mode, None, lost, None)]
-            return [res]
+            sysrq = self.out / artifact / "sysrq-tw.txt"
+            verdicts.add_threads(res, sysrq.read_text(errors="replace") if sysrq.is_file() else "", w.test,
+                                 str(summary.get("ended_meanwhile", "")))
+            if judged:
+                return [res, self.judge_stopped(s, w, path, res, lost, attempt)]
+            return [res, verdicts.consistency_verdict(path, s.mode, None, lost, None)] if check else [res]
         if not check:
+            if s.unjudgeable and w.checks_consistency:
+                return [res, TestResult(f"{path}.consistency", SKIP, reason=s.unjudgeable)]
             return [res]
         placeholder = TestResult(f"{path}.consistency", ERROR, reason="not checked yet")
         populated = w.logs_populated_memory
         self.checks.submit(placeholder, lambda: self.timed_check(path, s.mode, cap, why_not, populated))
         return [res, placeholder]
+
+    def judge_stopped(self, s: Session, w: AnyWorkload, path: str, res: TestResult, lost: str,
+                      attempt: int) -> TestResult:
+        """The consistency case of a workload stopped before its end (timeout, livelock), after its forensics:
+        its processes are killed, so that KVM tears their VMs down under the trace, and the capture so far is
+        fetched and judged like any other (verdicts.stopped_consistency); `res` learns how far it got."""
+        safe = path.replace("/", "_") + ("" if attempt == 1 else f".attempt{attempt}")
+        try:
+            s.end_workload(w.test)
+            with self.timings.measure("capture_s"):
+                cap = capture.stop_and_fetch(s.guest, self.out / "capture" / safe)
+        except GuestError as e:
+            return verdicts.consistency_verdict(path, s.mode, None, f"{lost}; its capture was not fetched: {e}", None)
+        with self.timings.measure("check_s"):
+            checked = check_capture(path, s.mode, cap, "", w.logs_populated_memory)
+        return verdicts.stopped_consistency(checked, res, lost)
 
     def timed_check(self, path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
                     logs_populated_memory: bool = False) -> TestResult:

@@ -43,6 +43,7 @@ class ModeFacts:
     cpus: int = 0             # CPUs the guest kernel brought up
     tsc_khz_unknown: bool = False
     instrumented: bool = False  # the kvmmmu:kvm_mmu_pw_spte tracepoint exists (the instrumentation series)
+    dump: str = ""            # the pw_sptes dump is built in (1), is not (0), or cannot be told ("": no kallsyms)
     release: str = ""         # uname -r
     kvm_lines: list[str] = field(default_factory=list)
 
@@ -51,6 +52,14 @@ class ModeFacts:
         return {"vendor": self.vendor, "nested": self.nested, "tdp": self.tdp, "tdp_mmu": self.tdp_mmu,
                 "instrumented": self.instrumented, "cpus": self.cpus, "guest_kernel": self.release,
                 "kvm_log": self.kvm_lines, "ssh_ready_s": round(ssh_ready_s, 2)}
+
+    def partly_instrumented(self) -> str:
+        """What the consistency check needs and the kernel lacks, when it has the tracepoints but not the
+        dump (a walk's step between the instrumentation's patches); "" otherwise."""
+        if self.instrumented and self.dump == "0":
+            return ("the kernel is only partly instrumented: the kvm_mmu_pw_* tracepoints but no pw_sptes dump"
+                    " (kernel-patches/instrumentation 0002), so the trace cannot be replayed")
+        return ""
 
     def problems(self, mode: MmuMode) -> list[str]:
         p = []
@@ -99,6 +108,8 @@ echo "release=$(uname -r)"
 echo "cpus=$(grep -c ^processor /proc/cpuinfo)"
 dmesg | grep -q "could not calculate TSC khz" && echo tsc_khz_unknown=1
 [ -d /sys/kernel/tracing/events/kvmmmu/kvm_mmu_pw_spte ] && echo instrumented=1 || echo instrumented=0
+# the dump's debugfs file appears only with a VM; its open() in the kernel's symbols says it is built in
+[ -r /proc/kallsyms ] && { grep -q ' pw_sptes_open$' /proc/kallsyms && echo dump=1 || echo dump=0; }
 dmesg | grep -E 'kvm(_amd|_intel)?:' | sed 's/^/kvm_line=/'
 """
 
@@ -122,6 +133,7 @@ def parse_facts(text: str) -> ModeFacts:
     f.cpus = int(raw["cpus"]) if raw.get("cpus", "").isdigit() else 0
     f.tsc_khz_unknown = raw.get("tsc_khz_unknown") == "1"
     f.instrumented = raw.get("instrumented") == "1"
+    f.dump = raw.get("dump", "")
     f.release = raw.get("release", "")
     if not f.dev_kvm:
         # The CPU flag alone does not prove the vendor module initialised; /dev/kvm does: kvm_init()

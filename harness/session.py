@@ -8,6 +8,7 @@ stops a session it got.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Session:
     ready_s: float      # QEMU start to SSH ready
     taint: int = 0          # /proc/sys/kernel/tainted at the last cut_dmesg()
     taint_before: int = 0   # ... and at the one before it
+    unjudgeable: str = ""   # why its workloads' consistency cases are a SKIP (ModeFacts.partly_instrumented)
 
     @property
     def tag(self) -> str:
@@ -101,20 +103,36 @@ class Session:
         gained = health.taint_finding(self.taint_before, self.taint, name)
         return dmesg, findings or ([gained] if gained else [])
 
-    def forensics(self, path: str, why: str) -> tuple[dict[str, object], str]:
+    def forensics(self, path: str, why: str, trace: bool = True) -> tuple[dict[str, object], str]:
         """What the guest and QEMU look like now, into forensics/<path>/: (summary, artifact dir
-        relative to the run directory). Never raises for a guest that dies meanwhile."""
+        relative to the run directory); `trace` as forensics.collect. Never raises for a guest that dies
+        meanwhile."""
         dest = self.out / "forensics" / forensics.safe_name(path)
         try:
-            summary = forensics.collect(self.vm, self.guest, dest, why)
+            summary = forensics.collect(self.vm, self.guest, dest, why, trace)
         except HarnessError:
             raise
         except Exception as e:  # forensics must never turn an ERROR into a crash
             log.warning("forensics for %s failed: %s", path, e)
             summary = {"error": f"{type(e).__name__}: {e}"}
         finally:
+            ended = self.guest.held_ended()
             self.guest.release()   # the hung or spinning command, seen; now it may end
+        if ended:
+            summary["ended_meanwhile"] = ended
         return summary, str(dest.relative_to(self.out))
+
+    def end_workload(self, program: str, wait_s: float = 20.0) -> None:
+        """SIGKILL every process named `program` (a test left running by run(hold=True)) and wait up to `wait_s`
+        for them to be gone: their VMs' teardown then happens under the capture's trace. GuestError when
+        the guest is gone."""
+        # the whole name: busybox's killall/pidof match a 15-character comm against argv[0]'s basename too
+        name = program.rsplit("/", 1)[-1]
+        steps = max(1, int(wait_s / 0.2))
+        self.guest.release()
+        q = shlex.quote(name)
+        self.guest.run(f"killall -9 {q} 2>/dev/null; i=0; "
+                       f"while pidof {q} >/dev/null && [ $i -lt {steps} ]; do sleep 0.2; i=$((i+1)); done", wait_s + 10)
 
     def stop(self, fast: bool = False) -> None:
         """Power the guest off and stop QEMU; `fast` (interrupt, error) skips the courtesy."""

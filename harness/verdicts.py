@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from . import capture, forensics
-from .checks import health
+from .checks import health, sysrq
 from .checks.findings import Verdict
 from .checks.livelock import Livelock, Repeat
 from .guest import RunResult
@@ -189,6 +189,40 @@ def consistency_verdict(path: str, mode: MmuMode, cap: capture.Captured | None, 
         res.status, res.reason = ERROR, f"mode {mode.name} should reach the patched code but: {verdict.reason}"
     res.output = "\n\n".join(str(i) for i in verdict.inconsistencies)
     return res
+
+
+def add_threads(res: TestResult, sysrq_text: str, program: str, ended: str = "") -> None:
+    """A test stopped before its end says where its threads were (checks.sysrq.where, on the forensics'
+    sysrq-t/-w dump): a vCPU in the MMU's fault path, in the guest, halted, or waiting. `ended`: how it
+    ended by itself before the forensics (Guest.held_ended), when it did."""
+    threads = sysrq.where(sysrq_text, program)
+    if threads:
+        res.reason += f"; its threads then: {threads}"
+        res.evidence["threads"] = threads
+    elif ended:
+        res.reason += f"; it ended by itself before its forensics ({ended})"
+        res.evidence["ended_meanwhile"] = ended
+
+
+def stopped_consistency(checked: TestResult, workload: TestResult, lost: str) -> TestResult:
+    """The consistency case of a workload stopped before its end (`lost` says how), from `checked`, the
+    consistency_verdict of the capture taken once its processes were killed. An inconsistency is a FAIL as
+    anywhere; else the case is an ERROR saying how far the judged capture got (events, dumps, whether its
+    VMs were torn down), which the workload's result learns too."""
+    if checked.status == FAIL:
+        checked.reason = f"{checked.reason} ({lost}: its capture judged to its end)"
+        return checked
+    counts = checked.evidence.get("counts")
+    if not isinstance(counts, dict):
+        checked.status, checked.reason = ERROR, f"{lost}; {checked.reason}"
+        return checked
+    left = counts.get("pages_left", 0)
+    teardown = "its VMs torn down" if left == 0 else f"{left} shadow pages never freed (no teardown seen)"
+    how_far = (f"the capture up to then judged {checked.status}: {counts.get('events', 0)} trace events,"
+               f" {counts.get('snapshots', 0)} dumps, {teardown}")
+    checked.status, checked.reason = ERROR, f"{lost}; {how_far}; {checked.reason}"
+    workload.reason += f"; {how_far}"
+    return checked
 
 
 # Selftest failures that do not come from the KVM under test: the only ones retried, each seen here.

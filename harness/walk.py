@@ -4,7 +4,11 @@ not apply, the build, the boot, a workload or a consistency check goes wrong, or
 
 The base (k = 0) is run first: a base that already fails blames no patch. Up to LINEAR_MAX patches are
 walked in order, stopping at the first bad one; longer series are bisected (which assumes that once bad,
-every longer prefix is bad too, as git bisect does). Every prefix builds in the same workspace with the
+every longer prefix is bad too, as git bisect does). A step is bad when a patch does not apply, the kernel
+does not configure, build or boot, or a test FAILs; it is untestable (git bisect's `skip`) when its run
+only ERRORs or SKIPs (a harness fault; a kernel only partly instrumented, between the instrumentation's
+patches): the walk goes around it and names the first bad step among the testable ones, with the
+untestable steps right before it, any of which could be the culprit. Every prefix builds in the same workspace with the
 same O= directory and ccache, so a step recompiles only what its patch touched: the report gives each
 step's build time next to the base's.
 
@@ -23,13 +27,23 @@ from pathlib import Path
 from . import cache, pipeline, proc
 from . import series as series_mod
 from . import vm as vm_mod
-from .errors import EXIT_OK, EXIT_SKIPPED, EXIT_TEST_FAILED, HarnessError, Interrupted, UsageError
+from .errors import (
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_SKIPPED,
+    EXIT_TEST_FAILED,
+    EXIT_USAGE,
+    HarnessError,
+    Interrupted,
+    UsageError,
+)
 from .prepare import prepare
 from .request import RunRequest, validate_prepare
 from .results import TestResult
 
 log = logging.getLogger("kvm-harness")
 LINEAR_MAX = 8
+GOOD, BAD, UNTESTABLE = "good", "bad", "untestable"
 
 
 @dataclass
@@ -46,8 +60,15 @@ class Step:
     run_dir: str = ""
 
     @property
+    def outcome(self) -> str:
+        """good, bad or untestable (a run with ERRORs and no FAIL, or nothing but SKIPs)."""
+        if self.exit_code == EXIT_OK:
+            return GOOD
+        return UNTESTABLE if self.exit_code in (EXIT_SKIPPED, EXIT_INFRA, EXIT_USAGE) else BAD
+
+    @property
     def good(self) -> bool:
-        return self.exit_code in (EXIT_OK, EXIT_SKIPPED)
+        return self.outcome == GOOD
 
 
 def stage_of(exit_code: int, error_kind: str | None, results: list[TestResult]) -> tuple[str, str]:
@@ -56,28 +77,51 @@ def stage_of(exit_code: int, error_kind: str | None, results: list[TestResult]) 
         return "", ""
     if error_kind:
         return error_kind, ""
-    bad = next((r for r in results if r.status == "FAIL"), None) or next(
-        (r for r in results if r.status == "ERROR"), None)
+    # a consistency FAIL names the page and the spte: the more precise of the two when both FAIL
+    bad = next((r for r in results if r.status == "FAIL" and r.path.endswith(".consistency")), None) or next(
+        (r for r in results if r.status == "FAIL"), None) or next((r for r in results if r.status == "ERROR"), None)
     if bad is None:
         return "test", f"exit {exit_code}"
     return ("consistency" if bad.path.endswith(".consistency") else "test"), f"{bad.path}: {bad.reason}"
 
 
-def first_bad(n: int, is_good: Callable[[int], bool]) -> int | None:
-    """The smallest k in 1..n with is_good(k) False, given is_good(0) is True; None if is_good(n) holds.
-    Walks k = 1, 2, ... for n <= LINEAR_MAX, else bisects (is_good must then be monotonic)."""
+def first_bad(n: int, outcome: Callable[[int], str]) -> tuple[int | None, list[int]]:
+    """(the smallest testable k in 1..n whose outcome is BAD, the UNTESTABLE steps between the last good
+    step before it and it), given step 0 is good; (None, the untestable steps at the end) when no testable
+    step is bad. Walks k = 1, 2, ... for n <= LINEAR_MAX; else bisects (outcomes must then be monotonic
+    among testable steps), going around an untestable midpoint to the untried step nearest to it."""
     if n <= LINEAR_MAX:
-        return next((k for k in range(1, n + 1) if not is_good(k)), None)
-    if is_good(n):
-        return None
-    lo, hi = 0, n          # is_good(lo), not is_good(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if is_good(mid):
+        lo = 0
+        for k in range(1, n + 1):
+            o = outcome(k)
+            if o == BAD:
+                return k, [m for m in range(lo + 1, k)]
+            if o == GOOD:
+                lo = k
+        return None, list(range(lo + 1, n + 1))
+    known: dict[int, str] = {}
+
+    def at(k: int) -> str:
+        if k not in known:
+            known[k] = outcome(k)
+        return known[k]
+
+    hi = n
+    while hi > 0 and at(hi) == UNTESTABLE:
+        hi -= 1
+    if hi == 0 or at(hi) == GOOD:
+        return None, list(range(hi + 1, n + 1))
+    lo = 0                 # good at lo, bad at hi
+    while True:
+        untried = [m for m in range(lo + 1, hi) if known.get(m) != UNTESTABLE]
+        if not untried:
+            return hi, list(range(lo + 1, hi))
+        mid = min(untried, key=lambda m: (abs(2 * m - lo - hi), m))
+        o = at(mid)
+        if o == GOOD:
             lo = mid
-        else:
+        elif o == BAD:
             hi = mid
-    return hi
 
 
 def flatten(series: list[series_mod.Series], split_dir: Path) -> list[series_mod.Patch]:
@@ -138,20 +182,26 @@ def run(req: RunRequest, argv: list[str]) -> int:
             reason = str(o.error["message"]) if o.error else why
             s = Step(k, name, o.exit_code, stage, reason, prepared.build_s, prepared.build.cached, str(o.run_dir))
         steps[k] = s
-        log.info("walk: %d patches: %s%s", k, "good" if s.good else f"bad ({s.stage})",
+        log.info("walk: %d patches: %s%s", k, s.outcome if s.good else f"{s.outcome} ({s.stage})",
                  "" if s.good else f": {s.reason}")
         return s
 
     base = step(0)
-    bad = None if not base.good else first_bad(len(patches), lambda k: step(k).good)
+    bad, around = (None, []) if not base.good else first_bad(len(patches), lambda k: step(k).outcome)
+    untestable = sorted(k for k, s in steps.items() if k and s.outcome == UNTESTABLE)
     doc = {"command": ["kvm-harness", "walk", *argv], "patches": [p.name for p in patches],
-           "steps": [vars(s) for s in sorted(steps.values(), key=lambda s: s.k)],
-           "first_bad": bad, "first_bad_patch": patches[bad - 1].name if bad else None}
+           "steps": [{**vars(s), "outcome": s.outcome} for s in sorted(steps.values(), key=lambda s: s.k)],
+           "first_bad": bad, "first_bad_patch": patches[bad - 1].name if bad else None,
+           "untestable": untestable, "could_also_be": around}
     (out / "walk.json").write_text(json.dumps(doc, indent=1) + "\n")
+    shown = {GOOD: "good", BAD: "BAD ", UNTESTABLE: "skip"}
     for s in sorted(steps.values(), key=lambda s: s.k):
         cached = " (cached)" if s.build_cached else ""
-        print(f"  {s.k:3d} {'good' if s.good else 'BAD ':4} build {s.build_s:6.1f}s{cached}"
+        print(f"  {s.k:3d} {shown[s.outcome]:4} build {s.build_s:6.1f}s{cached}"
               f"  {s.patch or '(base)'}{'' if s.good else f'  [{s.stage}] {s.reason}'}")
+    if untestable:
+        print(f"kvm-harness walk: untestable, skipped (their runs only ERROR or SKIP): steps "
+              f"{', '.join(map(str, untestable))}")
     builds = [s.build_s for s in steps.values() if s.k]
     base_note = "the base came from the cache" if base.build_cached else f"the base's: {base.build_s:.0f} s"
     print(f"kvm-harness walk: {len(steps)} of {len(patches) + 1} prefixes run; build time of the patched steps "
@@ -160,8 +210,11 @@ def run(req: RunRequest, argv: list[str]) -> int:
         print(f"kvm-harness walk: the base itself goes wrong ({base.stage}: {base.reason}): no patch to blame")
         return base.exit_code
     if bad is None:
-        print(f"kvm-harness walk: none of the {len(patches)} patches goes wrong")
+        tail = f" (steps {', '.join(map(str, around))} untestable)" if around else ""
+        print(f"kvm-harness walk: none of the {len(patches)} patches goes wrong where it can be tested{tail}")
         return EXIT_OK
     s = steps[bad]
     print(f"kvm-harness walk: the first bad patch is {bad} of {len(patches)}, {s.patch}: {s.stage}: {s.reason}")
+    if around:
+        print(f"kvm-harness walk: it could also be {', '.join(map(str, around))}, untestable steps before it")
     return EXIT_TEST_FAILED

@@ -382,9 +382,18 @@ def test_hung_workload_times_out_with_forensics_and_the_rest_runs_in_a_fresh_vm(
     assert "dirty_log_test" in (f / "ps.txt").read_text()
     dumps = gzip.decompress((f / "pw_sptes.txt.gz").read_bytes()).decode(errors="replace")
     assert re.search(r"^### /sys/kernel/debug/kvm/[^/]+/pw_sptes$", dumps, re.M), dumps[:500]
-    trace = gzip.decompress((f / "trace.txt.gz").read_bytes()).decode(errors="replace")
-    assert "kvm_mmu_pw_spte" in trace, trace[:500]
     assert str(f.relative_to(r.run_dir)) in hung["artifacts"]
+    # where its threads were, in its reason: a vCPU thread and the main thread waiting for it
+    assert "; its threads then: pid " in hung["reason"] and hung["evidence"]["threads"], hung["reason"]
+    # then the test was ended and its capture judged, its VM's teardown in the trace (the forensics left
+    # tracing on for it)
+    assert "trace.txt.gz" not in summary["collected"] and summary["trace"].startswith("left running")
+    case = r.results["kvm.shadow.dirty_log_test.dirty-log.consistency"]
+    assert case["status"] == "ERROR" and re.match(
+        r"workload timed out; the capture up to then judged PASS: \d+ trace events, \d+ dumps, its VMs torn down;",
+        case["reason"]), case["reason"]
+    assert case["evidence"]["counts"]["pages_left"] == 0 and case["evidence"]["counts"]["events"] > 10000
+    assert "; the capture up to then judged PASS: " in hung["reason"]
 
 
 # --- 8. QEMU killed mid-run ----------------------------------------------------------------------------------------

@@ -29,8 +29,16 @@ def test_a_vcpu_spinning_in_the_fault_path_is_stopped_named_and_failed_not_retri
     _, doc, run = load_run(tmp_path / "r")
     res = {x["path"]: x for x in doc["results"]}["kvm.tdp_legacy.dirty_log_enable_test"]
     assert res["status"] == "FAIL" and res["failure"] == "livelock" and not res["timed_out"], res
-    assert res["reason"].startswith("livelock (fault loop): ") and "stopped by the watchdog" in res["reason"], res["reason"]
-    assert "first_attempt" not in res["evidence"], "a livelock in a mode the series reaches is never retried"
+    # Under TCG the selftest's L2 is sometimes shut down (a known emulator flake, verdicts.INFRA_SIGNATURES,
+    # retried once): the livelock is then the second attempt's. A livelock itself is never retried here.
+    first = res["evidence"].get("first_attempt")
+    attempt = ""
+    if first is not None:
+        assert first["failure"] != "livelock" and "(SHUTDOWN)" in first["reason"], first
+        assert res["reason"].startswith("failed twice; ")
+        attempt = ".attempt2"
+    why = res["reason"].removeprefix("failed twice; ")
+    assert why.startswith("livelock (fault loop): ") and "stopped by the watchdog" in why, res["reason"]
     ll = res["evidence"]["livelock"]
     assert ll["kind"] == "fault loop" and ll["seconds"] >= 10 and ll["delta"]["pf_taken"] >= 1000
     assert ll["delta"]["pf_fixed"] == 0
@@ -39,7 +47,7 @@ def test_a_vcpu_spinning_in_the_fault_path_is_stopped_named_and_failed_not_retri
     top = ll["repeats"][0]
     assert int(top["error_code"], 16) & 2 and top["count"] > 1 and top["address"] in res["reason"]
 
-    f = run / "forensics" / "kvm.tdp_legacy.dirty_log_enable_test"
+    f = run / "forensics" / f"kvm.tdp_legacy.dirty_log_enable_test{attempt}"
     counters = json.loads((f / "kvm-counters.json").read_text())
     assert counters["livelock"] == {k: ll[k] for k in ("start_t", "seconds", "delta", "kind")}
     faults = gzip.decompress((f / "kvm-faults.txt.gz").read_bytes()).decode(errors="replace")
@@ -47,8 +55,19 @@ def test_a_vcpu_spinning_in_the_fault_path_is_stopped_named_and_failed_not_retri
     # the selftest's own code faults, delivering nothing; its rip is no L1 kernel text (kvm-faults-rip.txt)
     assert top["event"] == "" and top["l1_text"] == "" and int(top["rip"], 16) < 1 << 32, top
     assert (f / "kvm-faults-rip.txt").read_text().split()[0] == f"{int(top['rip'], 16):016x}"
+    # the spinning vCPUs are named in the reason; then the test is killed and its capture judged to its end.
+    # Under TCG the L2 may also be shut down while the vCPUs spin (the emulator's flake above): the test then
+    # ends by itself between the stop and the forensics, and the reason says that instead.
+    ended = res["evidence"].get("ended_meanwhile", "")
+    vcpu_places = ("(the MMU's fault path)", "(the vCPU run loop)", "(the guest)")
+    assert ("its threads then: pid " in res["reason"] and any(p in res["reason"] for p in vcpu_places)) or (
+        "(SHUTDOWN)" in ended and "it ended by itself before its forensics" in res["reason"]), res["reason"]
+    case = {x["path"]: x for x in doc["results"]}["kvm.tdp_legacy.dirty_log_enable_test.consistency"]
+    assert case["status"] == "ERROR" and case["reason"].startswith(
+        "workload stopped by the livelock watchdog; the capture up to then judged PASS: "), case["reason"]
+    assert "its VMs torn down" in case["reason"] and case["evidence"]["counts"]["pages_left"] == 0
     sysrq = (f / "sysrq-tw.txt").read_text()
-    assert "dirty_log_enabl" in sysrq, "the vCPU threads as the kernel saw them while they spun"
+    assert "dirty_log_enabl" in sysrq or ended, "the vCPU threads as the kernel saw them while they spun"
     assert str(f.relative_to(run)) in res["artifacts"]
     ktap = (run / "ktap.txt").read_text()
     assert re.search(r"^# FAIL: livelock \(fault loop\): .*\nnot ok \d+ kvm.tdp_legacy.dirty_log_enable_test$", ktap, re.M), ktap

@@ -33,3 +33,52 @@ def test_walk_names_the_first_bad_patch_and_where_it_went_wrong(walked):
     assert "arch/x86/kvm/mmu/mmu.c:" in steps[3]["reason"] and "error:" in steps[3]["reason"]
     assert "the first bad patch is 3 of 3" in r.stdout
     print(f"walk build times (s): {[steps[k]['build_s'] for k in sorted(steps)]}")
+
+
+# --- the default series with a bookkeeping mutant appended (issue 22): nine patches, so bisected; the
+# instrumentation arrives in four of them ------------------------------------------------------------------
+
+PATCHES = REPO / "kernel-patches"
+
+
+@pytest.fixture(scope="module")
+def walked_mutant(tmp_path_factory):
+    work = tmp_path_factory.mktemp("walk-mutant")
+    series = [a for d in ("fast-write-protect-6.12", "dirty-log-enable-selftest", "instrumentation",
+                          "mutants/count-not-decremented") for a in ("--series", str(PATCHES / d))]
+    r = kvm_harness("walk", *series, "--modes", "shadow", "--only", "dirty_log_enable_test",
+                    "--results", str(work / "results"), cwd=work)
+    dirs = sorted((work / "results").glob("*-walk"))
+    assert len(dirs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    return r, json.loads((dirs[0] / "walk.json").read_text())
+
+
+def test_walk_names_the_mutant_at_the_consistency_stage(walked_mutant):
+    r, doc = walked_mutant
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert len(doc["patches"]) == 9 and doc["first_bad"] == 9, doc
+    assert "MUTANT" in doc["first_bad_patch"] and doc["could_also_be"] == []
+    steps = {s["k"]: s for s in doc["steps"]}
+    assert steps[9]["stage"] == "consistency" and steps[9]["outcome"] == "bad"
+    assert "kvm.shadow.dirty_log_enable_test.consistency" in steps[9]["reason"]
+    # every other step run was good: the prefixes without the instrumentation have no consistency case,
+    # those with part of it are judged on what they have
+    assert all(s["outcome"] == "good" for k, s in steps.items() if k != 9), steps
+    assert len(steps) <= 9 // 2 + 3, "bisected, not walked"
+
+
+def test_a_kernel_with_the_tracepoints_but_not_the_dump_skips_its_consistency_cases(tmp_path):
+    # the walk's step 5 (instrumentation 0001 alone), as a boot-test: one patch mail given as --series
+    first = sorted((PATCHES / "instrumentation").glob("0001-*.patch"))[0]
+    r = kvm_harness("boot-test", "--series", str(PATCHES / "fast-write-protect-6.12"),
+                    "--series", str(PATCHES / "dirty-log-enable-selftest"), "--series", str(first),
+                    "--modes", "shadow", "--only", "dirty_log_enable_test", "--results", str(tmp_path / "r"),
+                    cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from runs import load_run
+    _, doc, _ = load_run(tmp_path / "r")
+    res = {x["path"]: x for x in doc["results"]}
+    case = res["kvm.shadow.dirty_log_enable_test.consistency"]
+    assert case["status"] == "SKIP" and case["reason"].startswith(
+        "the kernel is only partly instrumented: the kvm_mmu_pw_* tracepoints but no pw_sptes dump"), case
+    assert res["kvm.shadow.dirty_log_enable_test"]["status"] == "PASS"

@@ -11,7 +11,7 @@ PACKAGE = REPO / "harness"
 MAX_MODULE_LINES = 350
 # The checker's modules that are pure over text and values; files.py is the one that reads files.
 PURE_CHECKS = ("columnar", "consistency", "debugfs", "dumpcols", "findings", "health", "livelock", "replay",
-               "ringbuf", "synth", "trace", "tracedat", "tracefile", "wpcols", "wpreplay", "pagestate")
+               "ringbuf", "synth", "trace", "tracedat", "tracefile", "wpcols", "wpreplay", "pagestate", "sysrq")
 IO_MODULES = {"os", "subprocess", "shutil", "tempfile", "gzip", "lzma", "harness.proc"}
 
 

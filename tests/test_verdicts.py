@@ -233,3 +233,51 @@ def test_no_shadow_mmu_evidence_is_a_skip_where_the_mode_never_reaches_it():
     # and an incomplete capture stays an ERROR in any mode
     assert consistency_verdict("p", MODES["tdp_mmu"], capture.Captured(Path("/cap"), ring_entries=5), "",
                                no_dump).status == ERROR
+
+
+def test_a_stopped_workloads_capture_is_judged_and_says_how_far_it_got():
+    from harness.verdicts import stopped_consistency
+    cap = capture.Captured(Path("/cap"), ring_entries=120)
+    clean = Verdict(PASS, "no inconsistency", new_counts(events=120, snapshots=4, pages=9, pages_left=0), [])
+    workload = TestResult("p", ERROR, reason="timeout after 240 s (--timeout)", failure="timeout")
+    res = stopped_consistency(consistency_verdict("p", MODES["shadow"], cap, "", clean), workload,
+                              "workload timed out")
+    assert res.status == ERROR and res.reason.startswith(
+        "workload timed out; the capture up to then judged PASS: 120 trace events, 4 dumps, its VMs torn down"), res
+    assert workload.reason.endswith("; the capture up to then judged PASS: 120 trace events, 4 dumps, its VMs torn"
+                                    " down")
+    # no teardown in the trace: said
+    half = Verdict(PASS, "no inconsistency", new_counts(events=120, snapshots=1, pages=9, pages_left=7), [])
+    res = stopped_consistency(consistency_verdict("p", MODES["shadow"], cap, "", half),
+                              TestResult("p", ERROR), "workload timed out")
+    assert "7 shadow pages never freed (no teardown seen)" in res.reason
+    # an inconsistency is a FAIL, whatever stopped the workload
+    bad = Verdict(FAIL, "2 inconsistencies", new_counts(events=120, pages=9, inconsistencies=2), [])
+    res = stopped_consistency(consistency_verdict("p", MODES["shadow"], cap, "", bad), TestResult("p", ERROR),
+                              "workload stopped by the livelock watchdog")
+    assert res.status == FAIL and res.reason == ("2 inconsistencies (workload stopped by the livelock watchdog:"
+                                                 " its capture judged to its end)")
+    # no capture: an ERROR that says why
+    res = stopped_consistency(consistency_verdict("p", MODES["shadow"], None, "no capture", None),
+                              TestResult("p", ERROR), "workload timed out")
+    assert res.status == ERROR and res.reason == "workload timed out; no capture"
+
+
+def test_a_stopped_test_says_where_its_threads_were():
+    import gzip
+
+    from harness.verdicts import add_threads
+    text = gzip.decompress((Path(__file__).parent / "data" / "real" / "sysrq" /
+                            "tdp_legacy-dirty-ring-exit-loop.sysrq-tw.txt.gz").read_bytes()).decode()
+    res = TestResult("p", ERROR, reason="timeout after 240 s (--timeout)")
+    add_threads(res, text, "dirty_log_test")
+    assert res.reason.startswith("timeout after 240 s (--timeout); its threads then: pid 1498 R in kvm_mmu_page_fault")
+    assert "(the MMU's fault path)" in res.evidence["threads"]
+    quiet = TestResult("p", ERROR, reason="r")
+    add_threads(quiet, text, "sleep-forever")
+    assert quiet.reason == "r" and "threads" not in quiet.evidence
+    # gone before the forensics: how it ended instead
+    gone = TestResult("p", FAIL, reason="livelock")
+    add_threads(gone, text, "dirty_log_enable_test", "exit 254: Wanted KVM exit reason: 2 (IO), got: 8 (SHUTDOWN)")
+    assert gone.reason == ("livelock; it ended by itself before its forensics (exit 254: Wanted KVM exit reason: 2"
+                           " (IO), got: 8 (SHUTDOWN))")

@@ -16,15 +16,45 @@ DATA = Path(__file__).parent / "data"
 def test_first_bad_walks_short_series_and_bisects_long_ones(n, bad_from):
     calls = []
 
-    def good(k):
+    def outcome(k):
         calls.append(k)
-        return bad_from is None or k < bad_from
+        return walk.GOOD if bad_from is None or k < bad_from else walk.BAD
 
-    assert walk.first_bad(n, good) == bad_from
+    assert walk.first_bad(n, outcome) == (bad_from, [])
     if n <= walk.LINEAR_MAX:
         assert calls == list(range(1, (bad_from or n) + 1))   # in order, stopping at the first bad
     else:
         assert len(set(calls)) <= n.bit_length() + 1   # log2(n) builds, not n
+
+
+def _series(bad_from, untestable):
+    def outcome(k):
+        if k in untestable:
+            return walk.UNTESTABLE
+        return walk.BAD if bad_from is not None and k >= bad_from else walk.GOOD
+    return outcome
+
+
+@pytest.mark.parametrize("n", [9, 10, 20])
+def test_untestable_steps_are_gone_around_not_blamed(n):
+    # the default series and a mutant: the instrumentation's first patches leave the kernel partly
+    # instrumented (untestable), the mutant at the end is the culprit
+    assert walk.first_bad(n, _series(n, {n - 4, n - 3, n - 2})) == (n, [])
+    # an untestable step right before the bad one could be the culprit: it is said
+    assert walk.first_bad(n, _series(n - 1, {n - 3, n - 2})) == (n - 1, [n - 3, n - 2])
+    # bad from 5 on, 5 and 6 untestable: 7 is the first testable bad one, 5 and 6 could be it
+    assert walk.first_bad(n, _series(5, {5, 6})) == (7, [5, 6])
+    # nothing bad where it can be tested; the untestable tail is said
+    assert walk.first_bad(n, _series(None, {n})) == (None, [n])
+    assert walk.first_bad(n, _series(None, set(range(1, n + 1)))) == (None, list(range(1, n + 1)))
+
+
+def test_a_step_is_good_bad_or_untestable_by_its_exit_code():
+    def step(code):
+        return walk.Step(1, "p", code, "", "")
+    assert step(0).outcome == walk.GOOD
+    assert [step(c).outcome for c in (1, 3, 5, 6, 7)] == [walk.BAD] * 5       # FAIL, apply, config, build, boot
+    assert [step(c).outcome for c in (2, 4, 8)] == [walk.UNTESTABLE] * 3       # usage, all SKIP, ERROR only
 
 
 def test_stage_of_a_step():
@@ -35,6 +65,9 @@ def test_stage_of_a_step():
     assert walk.stage_of(1, None, res) == ("consistency", "kvm.shadow.dirty_log_test.dirty-log.consistency: "
                                                           "3 inconsistencies")
     assert walk.stage_of(8, None, [TestResult("kvm.shadow.x", "ERROR", reason="timeout")])[0] == "test"
+    # a workload FAIL (a kernel WARN) and its consistency FAIL: the consistency case is named
+    both = [TestResult("kvm.shadow.t", "FAIL", reason="WARNING"), res[1]]
+    assert walk.stage_of(1, None, both)[0] == "consistency"
 
 
 def test_a_series_as_one_mbox_is_one_step_per_patch_mail(tmp_path):

@@ -28,6 +28,16 @@ def test_facts_parse_and_mode_check():
     assert any("npt=N" in p for p in f.problems(MODES["tdp_legacy"]))
 
 
+def test_a_kernel_with_the_tracepoints_but_not_the_dump_is_partly_instrumented():
+    both = parse_facts(FACTS_AMD_SHADOW + "instrumented=1\ndump=1\n")
+    assert both.instrumented and both.partly_instrumented() == ""
+    partly = parse_facts(FACTS_AMD_SHADOW + "instrumented=1\ndump=0\n")
+    assert partly.partly_instrumented().startswith("the kernel is only partly instrumented: the kvm_mmu_pw_*")
+    # no kallsyms: nothing to tell, the check runs as before; no tracepoint: not instrumented at all
+    assert parse_facts(FACTS_AMD_SHADOW + "instrumented=1\n").partly_instrumented() == ""
+    assert parse_facts(FACTS_AMD_SHADOW + "instrumented=0\ndump=0\n").partly_instrumented() == ""
+
+
 def test_vendor_needs_dev_kvm():
     f = parse_facts("vendor=kvm_amd\ndev_kvm=0\nnested=\ntdp_mmu=\n")
     assert f.vendor == ""

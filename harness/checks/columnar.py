@@ -133,6 +133,7 @@ def check_columns(dumps: list[DumpColumns], ev: EventColumns, stats: TraceStats)
     inc = np.cumsum(is_alloc) - 1
     n_inc = int(is_alloc.sum())
     counts["pages_replayed"] = n_inc
+    counts["pages_left"] = n_inc - int(is_free.sum())
     sp = np.flatnonzero(kk == SPTE)
     rows_sp = pk[sp]  # the spte events, in (key, seq) order
     old, new = ev.old[rows_sp], ev.new[rows_sp]

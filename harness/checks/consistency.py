@@ -217,6 +217,7 @@ def check(snapshots: list[Snapshot], events: Iterable[AnyEvent], *, lost_events:
         replay.finish()
         unjudged = replay.wp_unjudged
         counts["pages_replayed"] = replay.pages_replayed
+        counts["pages_left"] = sum(len(pages) for pages in replay.live.values())
         counts["snapshot_comparisons"] = replay.comparisons
         counts["wp_checks"] += replay.wp_checks
     elif evs:

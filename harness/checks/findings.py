@@ -17,7 +17,8 @@ WP_COUNT_KEYS = ("wp_all_enables", "wp_all_disables", "wp_loads")
 COUNT_KEYS = ("snapshots", "vms", "pages", "sptes", "events", "pages_replayed", "snapshot_comparisons",
               "inconsistencies", "capture_faults", "lost_events", *WP_COUNT_KEYS,
               "wp_checks",  # write-protect-all invariants checked: loads replayed, writable links judged
-              "wp_dumps")  # v2 dumps (FORMAT.md): the kernel carries write-protect-all's instrumentation
+              "wp_dumps",  # v2 dumps (FORMAT.md): the kernel carries write-protect-all's instrumentation
+              "pages_left")  # pages the trace allocated and did not free: 0 once every VM was torn down
 
 
 def new_counts(**given: int) -> dict[str, int]:

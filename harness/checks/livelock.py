@@ -95,7 +95,9 @@ class Livelock:
             return (f"livelock (exit loop): {exits:,} exits in {self.seconds:.0f} s with no progress and "
                     f"{taken:,} page faults handled by the MMU (pf_fixed 0; {tail})")
         ended = {k: d.get(k, 0) for k in ("pf_spurious", "pf_fixed", "pf_emulate")}
-        retried = taken - sum(ended.values())
+        # the counters are read one after another, not at one instant: a few faults may be counted as ended
+        # before they are counted as taken
+        retried = max(0, taken - sum(ended.values()))
         return (f"livelock (fault loop): {taken:,} page faults in {self.seconds:.0f} s with no progress "
                 f"(pf_spurious {ended['pf_spurious']:,}, retried {retried:,}, pf_fixed 0; {tail}; {exits:,} exits)")
 
