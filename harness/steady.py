@@ -91,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.runs < 1:
         ap.error(f"--runs must be at least 1: {a.runs}")
+    passed = [x for x in a.args if x != "--"]
+    if any(x == "--results" or x.startswith("--results=") for x in passed):
+        # the runs would go there while the table reads --results/latest: steady's own option says both
+        ap.error("--results belongs to steady itself (before --): the boot-tests' results go under it")
     runs = [read_run(d.resolve()) for d in a.report or []]
     for i in range(1, (a.runs if not a.report else 0) + 1):
         print(f"=== steady: run {i} of {a.runs}", flush=True)
-        runs.append(_run([x for x in a.args if x != "--"], a.results))
+        runs.append(_run(passed, a.results))
     print(f"\n{'run':>3} {'exit':>4} {'wall s':>7} {'PASS':>4} {'FAIL':>4} {'ERROR':>5} {'SKIP':>4} {'flaky':>5}"
           "  run directory")
     for i, r in enumerate(runs, 1):

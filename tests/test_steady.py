@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from harness import steady
 
 REAL = Path(__file__).parent / "data" / "real" / "livelock"
@@ -45,3 +47,10 @@ def test_a_run_that_failed_or_left_no_results_fails_the_report(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "FAIL     kvm.shadow.x: exit 254" in out and "no harness-results.json" in out
     assert "steady: 0 of 2 runs exit 0" in out
+
+
+def test_results_for_the_boot_tests_is_steadys_own_option(capsys):
+    # passed through after --, the runs would go there while the table reads steady's --results/latest
+    with pytest.raises(SystemExit) as e:
+        steady.main(["--runs", "1", "--", "--results", "/tmp/elsewhere"])
+    assert e.value.code == 2 and "--results belongs to steady itself" in capsys.readouterr().err
