@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
             return shell.run(request_from(args), args.mode, args.keep, cmd)
         if args.command == "walk":
-            return walk.run(request_from(args), argv)
+            return walk.run(request_from(args), argv[1:])   # as ab: its options, without the subcommand
         if args.command == "cache":
             return cache_command(args.action, args.max_age, args.max_size)
         if args.command == "nightly":

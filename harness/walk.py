@@ -38,6 +38,7 @@ from .errors import (
     UsageError,
 )
 from .prepare import prepare
+from .report import run_dir
 from .request import RunRequest, validate_prepare
 from .results import TestResult
 
@@ -152,8 +153,7 @@ def flatten(series: list[series_mod.Series], split_dir: Path) -> list[series_mod
 def run(req: RunRequest, argv: list[str]) -> int:
     """Walk the series of `req` (its series_dirs) on its source; prints and writes walk.json; the exit code:
     0 when no patch goes wrong, 1 when one does (named), the base's own code when the base fails."""
-    out = req.results_root / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-walk")
-    out.mkdir(parents=True)
+    out = run_dir.create(req.results_root, "walk")   # exclusive: two walks in one second do not collide
     loaded = validate_prepare(req)
     patches = flatten(loaded, out / "mails")
     if not patches:

@@ -19,7 +19,7 @@ def ab(tmp_path_factory):
     work = tmp_path_factory.mktemp("ab")
     r = kvm_harness("ab", "--modes", "shadow", "--sizes", "32M,64M", "--runs", "3", "--iterations", "2",
                     "--max-ratio", "enable_dirty_logging=1.0", "--results", str(work / "results"), cwd=work)
-    dirs = sorted((work / "results").glob("*-ab"))
+    dirs = sorted((work / "results").glob("*-ab-*"))
     assert len(dirs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
     return r, dirs[0]
 

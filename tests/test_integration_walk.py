@@ -17,7 +17,7 @@ def walked(tmp_path_factory):
     work = tmp_path_factory.mktemp("walk")
     r = kvm_harness("walk", "--series", str(REPO / "tests" / "data" / "walk"), "--modes", "shadow",
                     "--only", "none-of-the-tests", "--results", str(work / "results"), cwd=work)
-    dirs = sorted((work / "results").glob("*-walk"))
+    dirs = sorted((work / "results").glob("*-walk-*"))
     assert len(dirs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
     return r, json.loads((dirs[0] / "walk.json").read_text())
 
@@ -48,7 +48,7 @@ def walked_mutant(tmp_path_factory):
                           "mutants/count-not-decremented") for a in ("--series", str(PATCHES / d))]
     r = kvm_harness("walk", *series, "--modes", "shadow", "--only", "dirty_log_enable_test",
                     "--results", str(work / "results"), cwd=work)
-    dirs = sorted((work / "results").glob("*-walk"))
+    dirs = sorted((work / "results").glob("*-walk-*"))
     assert len(dirs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
     return r, json.loads((dirs[0] / "walk.json").read_text())
 

@@ -23,6 +23,7 @@ from .. import pipeline
 from ..errors import EXIT_TEST_FAILED
 from ..lanes import Cell
 from ..perf import phases
+from ..report import run_dir
 from ..request import RunRequest
 from ..results import PASS
 from ..workloads import Workload
@@ -71,8 +72,7 @@ def run(req: ABRequest, argv: list[str]) -> int:
     """Build both, run every boot, write the report; the exit code (errors.py): 1 when --max-ratio trips
     or a run failed, a run's harness error code when one could not run, 0 otherwise. Raises the build
     stages' HarnessErrors (nothing has booted then)."""
-    out = req.results_root / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-ab")
-    out.mkdir(parents=True, exist_ok=False)
+    out = run_dir.create(req.results_root, "ab")   # exclusive: two A/B runs in one second do not collide
     meta: dict[str, object] = {"command": ["kvm-harness", "ab", *argv], "started": time.time(),
                                "modes": req.modes, "sizes": [compare.size_label(s) for s in req.sizes],
                                "vcpus": req.vcpus, "runs": req.runs, "iterations": req.iterations,
