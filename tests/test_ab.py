@@ -1,6 +1,7 @@
 """kvm-harness ab's decisions on synthetic samples with known ratios (harness/ab/stats.py, compare.py) and
 its report files (report.py): no VM."""
 
+import argparse
 import json
 
 import numpy as np
@@ -127,3 +128,14 @@ def test_ab_usage_errors_are_exit_2_before_any_work(tmp_path):
     assert main([*args, "--series", "kernel-patches/fast-write-protect-6.12",
                  "--base-series", "kernel-patches/fast-write-protect-6.12"]) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ab_builds_a_ref_of_a_tree_as_the_readme_says(tmp_path):
+    from harness.ab import cli as ab_cli
+    p = argparse.ArgumentParser()
+    ab_cli.add_options(p)
+    req = ab_cli.request_from(p.parse_args(["--tree", str(tmp_path), "--ref", "v6.12.1", "--results", str(tmp_path)]))
+    assert req.base.tree_ref == req.patched.tree_ref == "v6.12.1"
+    # --ref without --tree: the same usage error (exit 2) as boot-test's, before any work
+    assert main(["ab", "--ref", "v6.12.1", "--results", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists() or list((tmp_path / "r").iterdir()) == []

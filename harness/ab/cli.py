@@ -26,6 +26,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     d = RunRequest()
     g = p.add_argument_group("kernels")
     g.add_argument("--tree", type=Path, help="build both from this kernel git tree (its HEAD; never modified)")
+    g.add_argument("--ref", default=d.tree_ref, help="with --tree: build this branch, tag or commit instead of HEAD")
     g.add_argument("--tarball", type=Path, default=d.tarball, help="kernel source tarball (default: 6.12's)")
     g.add_argument("--base-series", type=Path, action="append", default=[], metavar="DIR|MBOX",
                    help="series applied to the base kernel (repeatable; default: none, the plain tree)")
@@ -77,7 +78,7 @@ def request_from(args: argparse.Namespace) -> ABRequest:
     if base_series == patched:
         raise UsageError("--base-series and --series are the same: there is nothing to compare")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    base = RunRequest(tarball=args.tarball, tree=args.tree, series_dirs=base_series,
+    base = RunRequest(tarball=args.tarball, tree=args.tree, tree_ref=args.ref, series_dirs=base_series,
                       config=ConfigRequest(args.config_base, list(args.config)), modes=modes, accel=args.accel,
                       results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp,
                       memory=args.memory, consistency="off", vms=1,

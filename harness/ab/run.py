@@ -24,7 +24,7 @@ from ..errors import EXIT_TEST_FAILED
 from ..lanes import Cell
 from ..perf import phases
 from ..report import run_dir
-from ..request import RunRequest
+from ..request import RunRequest, validate_prepare
 from ..results import PASS
 from ..workloads import Workload
 from . import compare, report
@@ -72,6 +72,8 @@ def run(req: ABRequest, argv: list[str]) -> int:
     """Build both, run every boot, write the report; the exit code (errors.py): 1 when --max-ratio trips
     or a run failed, a run's harness error code when one could not run, 0 otherwise. Raises the build
     stages' HarnessErrors (nothing has booted then)."""
+    for kernel_req in (req.base, req.patched):   # bad input is a usage error before the run directory exists
+        validate_prepare(kernel_req)
     out = run_dir.create(req.results_root, "ab")   # exclusive: two A/B runs in one second do not collide
     meta: dict[str, object] = {"command": ["kvm-harness", "ab", *argv], "started": time.time(),
                                "modes": req.modes, "sizes": [compare.size_label(s) for s in req.sizes],
