@@ -1,4 +1,5 @@
-"""kvm-harness command line: boot-test, shell, ab and nightly (make boot-test, make shell, make ab).
+"""kvm-harness command line: boot-test, shell, walk, ab, nightly and cache (make boot-test, make shell,
+make ab).
 
 Exit codes (harness/errors.py): 0 all passed, 1 a test failed,
 2 usage, 3 patch apply, 4 all skipped, 5 config, 6 build, 7 boot,
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     add_run_options(sh)
     sh.add_argument("--mode", default="tdp_mmu", choices=sorted(MODES))
     sh.add_argument("--keep", action="store_true", help="leave the VM running and print how to reach it")
-    sh.add_argument("cmd", nargs=argparse.REMAINDER, help="command to run instead of an interactive shell")
+    sh.add_argument("cmd", nargs=argparse.REMAINDER,
+                    help="command to run instead of an interactive shell; kvm-harness exits 0 when it exits 0, "
+                         "else 1 and says its status (2-8 and 130 are the harness's own codes)")
     ab = sub.add_parser("ab", help="base against patched: dirty_log_perf_test on both, interleaved; ratios, "
                                    "intervals, plots")
     ab_cli.add_options(ab)

@@ -49,6 +49,16 @@ def _interactive(guest: Guest) -> int:
     return chan.recv_exit_status() if chan.exit_status_ready() else 0
 
 
+def _own_code(guest_rc: int | None, timed_out: str) -> int:
+    """The harness's exit code for the guest command's status: 0 for 0, else 1 with the status said on stderr.
+    The guest's own status is never passed on: 2-8 and 130 are the harness's (errors.py)."""
+    if guest_rc == 0:
+        return 0
+    said = timed_out if guest_rc is None else f"exited {guest_rc}"
+    print(f"kvm-harness: the guest command {said}; kvm-harness exits 1", file=sys.stderr)
+    return 1
+
+
 def run(req: RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
     """Boot `mode_name` with the kernel and image boot-test would use; run `cmd` (or a shell) over SSH.
     Returns the command's exit code (124 on --timeout)."""
@@ -66,9 +76,9 @@ def run(req: RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
             r = s.run(" ".join(shlex.quote(c) for c in cmd) if len(cmd) > 1 else cmd[0], req.plan.timeout_s)
             sys.stdout.write(r.stdout)
             sys.stderr.write(r.stderr)
-            rc = 124 if r.rc is None else r.rc
+            rc = _own_code(r.rc, f"timed out after {req.plan.timeout_s:g} s (--timeout)")
         else:
-            rc = _interactive(s.guest)
+            rc = _own_code(_interactive(s.guest), "")
         if keep:
             vm = s.vm
             print("VM kept running (loopback only). Reach it with:\n"

@@ -93,3 +93,4 @@ def test_two_walks_in_one_second_get_two_directories(tmp_path):
     from harness.report import run_dir
     a, b = run_dir.create(tmp_path, "walk"), run_dir.create(tmp_path, "walk")
     assert a != b and a.name.split("-")[1] == b.name.split("-")[1] == "walk"
+
