@@ -1,4 +1,4 @@
-"""`make measure`: the boot-test figures written in the README, from real runs.
+"""`make measure`: the boot-test figures of docs/figures.md, from real runs.
 
 Runs `kvm-harness boot-test` twice with the same options: first cold (with
 --cold: a fresh, empty cache root, so source unpack, kernel, selftests and
