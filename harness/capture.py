@@ -173,6 +173,13 @@ def stop_and_fetch(guest: Guest, local_dir: Path) -> Captured:
     with tarfile.open(tarball) as tf:
         tf.extractall(local_dir, filter="data")
     tarball.unlink()
+    return load(local_dir)
+
+
+def load(local_dir: Path) -> Captured:
+    """A capture as stop_and_fetch left it in `local_dir` (snapshots/*.txt.gz, trace.dat, ring-stats.txt,
+    vanished-count): what a run keeps, and what `kvm-harness check` judges again."""
+    cap = Captured(local_dir)
     cap.snapshots = sorted((local_dir / "snapshots").glob("*.txt.gz"))
     cap.trace = local_dir / "trace.dat"
     stats = (local_dir / "ring-stats.txt").read_text() if (local_dir / "ring-stats.txt").exists() else ""

@@ -1,4 +1,4 @@
-"""kvm-harness command line: boot-test, shell, walk, ab, nightly and cache (make boot-test, make shell,
+"""kvm-harness command line: boot-test, shell, walk, ab, nightly, check and cache (make boot-test, make shell,
 make ab).
 
 Exit codes (harness/errors.py): 0 all passed, 1 a test failed,
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from . import cache, cache_entries, pipeline, proc, shell, walk
+from . import cache, cache_entries, check, pipeline, proc, shell, walk
 from .ab import cli as ab_cli
 from .ab import run as ab_run
 from .checks import livelock
@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ni.add_argument("-v", "--verbose", action="store_true", help="log every command line")
     wk = sub.add_parser("walk", help="build and test each prefix of a series: the first patch that goes wrong")
     add_run_options(wk)
+    ck = sub.add_parser("check", help="judge a run's kept captures again and rewrite its reports (no kernel, no VM)")
+    ck.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory (results/latest, ...)")
+    ck.add_argument("-v", "--verbose", action="store_true", help="log every command line")
     ca = sub.add_parser("cache", help="list the cache's entries, or prune them by age and size")
     ca.add_argument("action", choices=("list", "prune"))
     ca.add_argument("--max-age", type=float, metavar="DAYS", help="prune: entries unused for longer")
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             return shell.run(request_from(args), args.mode, args.keep, cmd)
         if args.command == "walk":
             return walk.run(request_from(args), argv[1:])   # as ab: its options, without the subcommand
+        if args.command == "check":
+            return check.run(args.run_dir)
         if args.command == "cache":
             return cache_command(args.action, args.max_age, args.max_size)
         if args.command == "nightly":

@@ -29,7 +29,7 @@ from .workloads import AnyWorkload
 log = logging.getLogger("kvm-harness")
 # A test that did not run to its end, by TestResult.failure: (the log's word, the forensics' why, the
 # consistency case's why). Each is followed by forensics and a fresh VM.
-_FAILED = {"timeout": ("timed out", "timeout after {timeout:g} s", "workload timed out"),
+FAILED = {"timeout": ("timed out", "timeout after {timeout:g} s", "workload timed out"),
            "guest_lost": ("lost the guest", "guest lost during the test", "guest lost during the workload"),
            "livelock": ("livelocked", "livelock seen by the watchdog", "workload stopped by the livelock watchdog")}
 
@@ -130,8 +130,8 @@ class Lanes:
                 if item.workload is None:
                     continue
                 res, s, check = self.run_cell(s, item.workload, check, item.index)
-                if s is not None and res.failure in _FAILED:
-                    log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path, _FAILED[res.failure][0],
+                if s is not None and res.failure in FAILED:
+                    log.info("%s: %s; what is left of %s goes on in a fresh VM", res.path, FAILED[res.failure][0],
                              mode.name)
                     s.stop(fast=True)
                     s = None
@@ -237,8 +237,8 @@ class Lanes:
             # while the vCPU still spins: the counters and the fault path's trace, before sysrq floods the log
             obs.livelock, obs.repeats = watch.found, watch.collect(self.out / "forensics" / obs.forensics_dir)
         res = verdicts.workload_verdict(obs)
-        if res.failure in _FAILED:
-            _, why, lost = _FAILED[res.failure]
+        if res.failure in FAILED:
+            _, why, lost = FAILED[res.failure]
             judged = check and res.failure != "guest_lost"   # its capture, tracing still on, is judged after
             summary, artifact = s.forensics(obs.forensics_dir, why.format(timeout=w.timeout_s), trace=not judged)
             res.evidence["forensics"] = summary

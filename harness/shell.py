@@ -49,7 +49,7 @@ def _interactive(guest: Guest) -> int:
     return chan.recv_exit_status() if chan.exit_status_ready() else 0
 
 
-def _own_code(guest_rc: int | None, timed_out: str) -> int:
+def own_exit_code(guest_rc: int | None, timed_out: str) -> int:
     """The harness's exit code for the guest command's status: 0 for 0, else 1 with the status said on stderr.
     The guest's own status is never passed on: 2-8 and 130 are the harness's (errors.py)."""
     if guest_rc == 0:
@@ -76,9 +76,9 @@ def run(req: RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
             r = s.run(" ".join(shlex.quote(c) for c in cmd) if len(cmd) > 1 else cmd[0], req.plan.timeout_s)
             sys.stdout.write(r.stdout)
             sys.stderr.write(r.stderr)
-            rc = _own_code(r.rc, f"timed out after {req.plan.timeout_s:g} s (--timeout)")
+            rc = own_exit_code(r.rc, f"timed out after {req.plan.timeout_s:g} s (--timeout)")
         else:
-            rc = _own_code(_interactive(s.guest), "")
+            rc = own_exit_code(_interactive(s.guest), "")
         if keep:
             vm = s.vm
             print("VM kept running (loopback only). Reach it with:\n"

@@ -4,7 +4,7 @@ from harness import shell
 
 
 def test_the_shells_exit_code_never_passes_the_guests_status_on(capsys):
-    assert shell._own_code(0, "") == 0
-    assert shell._own_code(7, "") == 1 and "the guest command exited 7; kvm-harness exits 1" in capsys.readouterr().err
-    assert shell._own_code(None, "timed out after 240 s (--timeout)") == 1
+    assert shell.own_exit_code(0, "") == 0
+    assert shell.own_exit_code(7, "") == 1 and "the guest command exited 7; kvm-harness exits 1" in capsys.readouterr().err
+    assert shell.own_exit_code(None, "timed out after 240 s (--timeout)") == 1
     assert "timed out after 240 s" in capsys.readouterr().err
