@@ -17,9 +17,10 @@ def walked(tmp_path_factory):
     work = tmp_path_factory.mktemp("walk")
     r = kvm_harness("walk", "--series", str(REPO / "tests" / "data" / "walk"), "--modes", "shadow",
                     "--only", "none-of-the-tests", "--results", str(work / "results"), cwd=work)
-    dirs = sorted((work / "results").glob("*-walk-*"))
-    assert len(dirs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
-    return r, json.loads((dirs[0] / "walk.json").read_text())
+    # the walk's directory holds walk.json; each step's run has its own directory beside it
+    docs = sorted((work / "results").glob("*/walk.json"))
+    assert len(docs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    return r, json.loads(docs[0].read_text())
 
 
 def test_walk_names_the_first_bad_patch_and_where_it_went_wrong(walked):
@@ -48,9 +49,10 @@ def walked_mutant(tmp_path_factory):
                           "mutants/count-not-decremented") for a in ("--series", str(PATCHES / d))]
     r = kvm_harness("walk", *series, "--modes", "shadow", "--only", "dirty_log_enable_test",
                     "--results", str(work / "results"), cwd=work)
-    dirs = sorted((work / "results").glob("*-walk-*"))
-    assert len(dirs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
-    return r, json.loads((dirs[0] / "walk.json").read_text())
+    # the walk's directory holds walk.json; each step's run has its own directory beside it
+    docs = sorted((work / "results").glob("*/walk.json"))
+    assert len(docs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    return r, json.loads(docs[0].read_text())
 
 
 def test_walk_names_the_mutant_at_the_consistency_stage(walked_mutant):
