@@ -176,6 +176,12 @@ def stop_and_fetch(guest: Guest, local_dir: Path) -> Captured:
     return load(local_dir)
 
 
+def dir_name(path: str, attempt: int = 1) -> str:
+    """The directory under the run's capture/ that holds test `path`'s capture (its `attempt`th run)."""
+    safe = path.replace("/", "_")
+    return safe if attempt == 1 else f"{safe}.attempt{attempt}"
+
+
 def load(local_dir: Path) -> Captured:
     """A capture as stop_and_fetch left it in `local_dir` (snapshots/*.txt.gz, trace.dat, ring-stats.txt,
     vanished-count): what a run keeps, and what `kvm-harness check` judges again."""

@@ -69,8 +69,8 @@ def recheck(run: Path) -> tuple[list[TestResult], list[Change]]:
 
 def _capture_dirs(run: Path, test: str) -> list[Path]:
     """The capture directories of `test`, the last attempt first (the one its merged result reports)."""
-    safe = test.replace("/", "_")
-    return sorted((run / "capture").glob(f"{safe}.attempt*"), reverse=True) + [run / "capture" / safe]
+    first = capture.dir_name(test)
+    return sorted((run / "capture").glob(f"{first}.attempt*"), reverse=True) + [run / "capture" / first]
 
 
 def run(run_dir: Path) -> int:

@@ -263,11 +263,10 @@ class Lanes:
         """The consistency case of a workload stopped before its end (timeout, livelock), after its forensics:
         its processes are killed, so that KVM tears their VMs down under the trace, and the capture so far is
         fetched and judged like any other (verdicts.stopped_consistency); `res` learns how far it got."""
-        safe = path.replace("/", "_") + ("" if attempt == 1 else f".attempt{attempt}")
         try:
             s.end_workload(w.test)
             with self.timings.measure("capture_s"):
-                cap = capture.stop_and_fetch(s.guest, self.out / "capture" / safe)
+                cap = capture.stop_and_fetch(s.guest, self.out / "capture" / capture.dir_name(path, attempt))
         except GuestError as e:
             return verdicts.consistency_verdict(path, s.mode, None, f"{lost}; its capture was not fetched: {e}", None)
         with self.timings.measure("check_s"):
@@ -311,10 +310,8 @@ class Lanes:
             return obs, None, watch
         cap = None
         if capturing:
-            safe = path.replace("/", "_")
             with self.timings.measure("capture_s"):
-                cap = capture.stop_and_fetch(s.guest, self.out / "capture" /
-                                             (safe if attempt == 1 else f"{safe}.attempt{attempt}"))
+                cap = capture.stop_and_fetch(s.guest, self.out / "capture" / capture.dir_name(path, attempt))
         try:
             obs.dmesg, _ = s.cut_dmesg(after=path)
             obs.taint = (s.taint_before, s.taint)

@@ -61,7 +61,7 @@ def own_exit_code(guest_rc: int | None, timed_out: str) -> int:
 
 def run(req: RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
     """Boot `mode_name` with the kernel and image boot-test would use; run `cmd` (or a shell) over SSH.
-    Returns the command's exit code (124 on --timeout)."""
+    Returns own_exit_code of the command's (or the shell's) status."""
     out = run_dir.create(req.results_root, "shell")
     run_dir.point_latest(req.results_root, out)
     meta = run_dir.start_metadata(out, sys.argv[1:], "shell")

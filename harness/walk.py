@@ -96,7 +96,7 @@ def first_bad(n: int, outcome: Callable[[int], str]) -> tuple[int | None, list[i
         for k in range(1, n + 1):
             o = outcome(k)
             if o == BAD:
-                return k, [m for m in range(lo + 1, k)]
+                return k, list(range(lo + 1, k))
             if o == GOOD:
                 lo = k
         return None, list(range(lo + 1, n + 1))
@@ -187,7 +187,8 @@ def run(req: RunRequest, argv: list[str]) -> int:
         return s
 
     base = step(0)
-    bad, around = (None, []) if not base.good else first_bad(len(patches), lambda k: step(k).outcome)
+    base_ok = base.exit_code in (EXIT_OK, EXIT_SKIPPED)   # a base whose tests all SKIP is walked from, as ever
+    bad, around = (None, []) if not base_ok else first_bad(len(patches), lambda k: step(k).outcome)
     untestable = sorted(k for k, s in steps.items() if k and s.outcome == UNTESTABLE)
     doc = {"command": ["kvm-harness", "walk", *argv], "patches": [p.name for p in patches],
            "steps": [{**vars(s), "outcome": s.outcome} for s in sorted(steps.values(), key=lambda s: s.k)],
@@ -206,7 +207,7 @@ def run(req: RunRequest, argv: list[str]) -> int:
     base_note = "the base came from the cache" if base.build_cached else f"the base's: {base.build_s:.0f} s"
     print(f"kvm-harness walk: {len(steps)} of {len(patches) + 1} prefixes run; build time of the patched steps "
           f"{sum(builds):.0f} s in all ({base_note}); {out / 'walk.json'}")
-    if not base.good:
+    if not base_ok:
         print(f"kvm-harness walk: the base itself goes wrong ({base.stage}: {base.reason}): no patch to blame")
         return base.exit_code
     if bad is None:

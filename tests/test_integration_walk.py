@@ -11,16 +11,19 @@ from runs import REPO, kvm_harness
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def walked(tmp_path_factory):
-    work = tmp_path_factory.mktemp("walk")
-    r = kvm_harness("walk", "--series", str(REPO / "tests" / "data" / "walk"), "--modes", "shadow",
-                    "--only", "none-of-the-tests", "--results", str(work / "results"), cwd=work)
-    # the walk's directory holds walk.json; each step's run has its own directory beside it
+def _walk(work, *args):
+    """kvm-harness walk with `args`, results under `work`: (the process, walk.json). The walk's directory holds
+    walk.json; each step's run has its own directory beside it."""
+    r = kvm_harness("walk", *args, "--results", str(work / "results"), cwd=work)
     docs = sorted((work / "results").glob("*/walk.json"))
     assert len(docs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
     return r, json.loads(docs[0].read_text())
+
+
+@pytest.fixture(scope="module")
+def walked(tmp_path_factory):
+    return _walk(tmp_path_factory.mktemp("walk"), "--series", str(REPO / "tests" / "data" / "walk"),
+                 "--modes", "shadow", "--only", "none-of-the-tests")
 
 
 def test_walk_names_the_first_bad_patch_and_where_it_went_wrong(walked):
@@ -44,15 +47,10 @@ PATCHES = REPO / "kernel-patches"
 
 @pytest.fixture(scope="module")
 def walked_mutant(tmp_path_factory):
-    work = tmp_path_factory.mktemp("walk-mutant")
     series = [a for d in ("fast-write-protect-6.12", "dirty-log-enable-selftest", "instrumentation",
                           "mutants/count-not-decremented") for a in ("--series", str(PATCHES / d))]
-    r = kvm_harness("walk", *series, "--modes", "shadow", "--only", "dirty_log_enable_test",
-                    "--results", str(work / "results"), cwd=work)
-    # the walk's directory holds walk.json; each step's run has its own directory beside it
-    docs = sorted((work / "results").glob("*/walk.json"))
-    assert len(docs) == 1, r.stdout[-3000:] + r.stderr[-3000:]
-    return r, json.loads(docs[0].read_text())
+    return _walk(tmp_path_factory.mktemp("walk-mutant"), *series, "--modes", "shadow", "--only",
+                 "dirty_log_enable_test")
 
 
 def test_walk_names_the_mutant_at_the_consistency_stage(walked_mutant):
