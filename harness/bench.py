@@ -12,7 +12,7 @@ columnar path's decode, dump parse and check; the whole check_files) so a slow f
 The data come from harness.checks.synth with a fixed seed and are checked for PASS first: a benchmark of
 input the checker rejects would measure nothing. Synthetic captures model no write-protect-all: the
 trace.dat ends with one enable, so that the columnar checker's write-protect-all loop walks the ~11% of events
-it concerns, and the real capture in tests/data/real/shadow-enable-test (when at hand) is timed too.
+it concerns, and the real capture in tests/data/real/shadow-enable-test-roots (when at hand) is timed too.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from harness.checks.tracedat import events_from_columns
 from harness.results import PASS
 
 T = TypeVar("T")
-REAL_CAPTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "real" / "shadow-enable-test"
+REAL_CAPTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "real" / "shadow-enable-test-roots"
 
 
 def _timed(fn: Callable[[], T]) -> tuple[T, float]:

@@ -21,8 +21,8 @@ from .guest import Guest
 
 TRACING = "/sys/kernel/tracing"
 EVENTS = ("kvm_mmu_pw_spte", "kvm_mmu_pw_page")
-# Write-protect-all's events (instrumentation 0004): enabled where the kernel has them.
-OPTIONAL_EVENTS = ("kvm_mmu_wp_all", "kvm_mmu_wp_load")
+# Write-protect-all's events (instrumentation 0004, and 0005 for the roots): enabled where the kernel has them.
+OPTIONAL_EVENTS = ("kvm_mmu_wp_all", "kvm_mmu_wp_load", "kvm_mmu_wp_root")
 CAP = "/tmp/kvm-harness-capture"
 
 

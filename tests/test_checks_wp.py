@@ -20,7 +20,7 @@ from harness.checks.consistency import Verdict, check_snapshot
 from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
 from harness.checks.files import check_files, trace_dat_lines
 from harness.checks.synth import DEFAULT_MASKS as M
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, WpRootEvent, parse_trace
 
 VM = 0xFFFF888004A3C000
 PAGE_OFFSET = 0xFFFF888000000000
@@ -44,6 +44,9 @@ def ev(kind: str, *a: int) -> AnyEvent:
     if kind == "all":
         enable, gen = a
         return WpAllEvent(0, VM, bool(enable), gen, 0)
+    if kind == "root":
+        vcpu, spt, level, root_gen, gen, count = a
+        return WpRootEvent(0, VM, vcpu, spt, 0, 0x1700 | level, level, root_gen, gen, count, 0)
     spt, level, old_gen, gen, count = a
     return WpLoadEvent(0, VM, spt, 0, 0x1700 | level, level, old_gen, gen, count, 0)
 
@@ -166,13 +169,65 @@ def test_an_enable_that_no_load_follows_is_not_judged() -> None:
     v = check_both([EMPTY], story(5, 6, 7, 8))
     assert v.status == "SKIP" and v.reason.startswith("write-protect-all not judged: write-protect-all was enabled"
                                                        " at seq 0x5"), v
-    assert "with 2 possibly-writable sptes in 2 shadow pages, and no page was loaded after it" in v.reason
+    assert ("with 2 possibly-writable sptes in 2 shadow pages, and no page was loaded nor any vCPU's root traced"
+            " after it") in v.reason
     # the same when a disable comes first, or a second enable (each enable is waited for on its own)
     off = [*story(5, 6, 7, 8), replace(ev("all", 0, 1), seq=6, line_no=106)]
     assert check_both([EMPTY], off).status == "SKIP"
     # nothing to protect at the enable: nothing to judge, nothing missed
     bare = [replace(e, seq=i, line_no=100 + i) for i, e in enumerate([ev("alloc", R, 4), ev("all", 1, 1)], 1)]
     assert check_both([EMPTY], bare).status == "PASS"
+
+
+def numbered(evs: list[AnyEvent]) -> list[AnyEvent]:
+    return [replace(e, seq=i, line_no=100 + i) for i, e in enumerate(evs, 1)]
+
+
+def test_a_vcpu_entering_with_its_reloaded_root_passes() -> None:
+    # W5: after the enable, vCPU 0 reloads R (a load) and enters with it, at generation 1
+    evs = story()
+    ok = numbered([*evs[:7], ev("root", 0, R, 4, 1, 1, 0), *evs[7:]])
+    v = check_both([EMPTY, dump(10, 1, 1)], ok)
+    assert v.status == "PASS" and v.counts["wp_checks"] == 5, v
+    # a root created after the enable is at the generation from the start
+    new_root = R + 0x2000
+    fresh = numbered([*evs[:5], ev("alloc", new_root, 4), ev("root", 1, new_root, 4, 1, 1, 0)])
+    v = check_both([EMPTY], fresh)
+    assert v.status == "PASS" and v.counts["wp_checks"] == 1, v
+
+
+def test_a_vcpu_entering_with_a_stale_root_fails() -> None:
+    # W5: the enable, then vCPU 0 enters with R as it was: never loaded, its writable link to C intact
+    v = check_both([EMPTY], numbered([*story()[:5], ev("root", 0, R, 4, 0, 1, 1)]))
+    assert kinds(v) == {"wp_stale_root": 1}, v
+    inc = v.inconsistencies[0]
+    assert (inc.spt, inc.level, inc.seq, inc.expected, inc.actual) == (R, 4, 6, "a root at generation 0x1",
+                                                                     "root at 0x0")
+    assert inc.detail.startswith("vCPU 0 enters the guest with a root that was neither loaded nor created")
+    # the root's own generation or the indicator's not as replayed; a counter the replay does not hold
+    v = check_both([EMPTY], numbered([*story()[:5], ev("root", 0, R, 4, 1, 1, 1)]))
+    assert kinds(v) == {"wp_root_generation": 1}, v
+    v = check_both([EMPTY], numbered([*story()[:7], ev("root", 0, R, 4, 1, 2, 0)]))
+    assert kinds(v) == {"wp_root_generation": 1}, v
+    v = check_both([EMPTY], numbered([*story()[:7], ev("root", 0, R, 4, 1, 1, 3)]))
+    assert kinds(v) == {"wp_root_count_mismatch": 1}, v
+
+
+def test_a_root_event_judges_an_enable_that_no_load_followed() -> None:
+    # the enable of the story, then vCPU 0 enters with a new root and does nothing more: judged, not SKIP
+    new_root = R + 0x2000
+    evs = numbered([*story()[:5], ev("alloc", new_root, 4), ev("root", 0, new_root, 4, 1, 1, 0)])
+    assert check_both([EMPTY], evs).status == "PASS"
+    assert check_both([EMPTY], evs[:6]).status == "SKIP"
+
+
+def test_a_root_event_reads_back_from_its_trace_line() -> None:
+    line = ("  dirty_log_enable-812   [001] .....   101.250001: kvm_mmu_wp_root: seq=0x1c9 vm=0xffa0000000045000"
+            " vcpu=3 spt=0xff1100000a16f000 gfn=0x0 role=0x1704 level=4 root_gen=0x1 gen=0x1 count=1\n")
+    (e,) = list(parse_trace([line]))
+    assert e == WpRootEvent(0x1C9, 0xFFA0000000045000, 3, 0xFF1100000A16F000, 0, 0x1704, 4, 1, 1, 1, 1)
+    from harness.checks.trace import format_event
+    assert line.split(": ", 1)[1].strip() == format_event(e)
 
 
 def test_wp_events_are_part_of_the_sequence() -> None:
@@ -284,3 +339,54 @@ def test_tdp_mmu_mode_with_only_a_disable_is_still_out_of_scope() -> None:
     v = check_both([tdp], [WpAllEvent(3, VM, False, 0, 1), WpAllEvent(4, VM, False, 0, 2)])
     assert v.status == "SKIP" and "only TDP MMU pages" in v.reason, v
     assert check_both([replace(tdp, tdp_mmu_pages=0)], [WpAllEvent(3, VM, False, 0, 1)]).status == "ERROR"
+
+
+# -- real captures of instrumentation 0005 (kvm_mmu_wp_root), dirty_log_enable_test -c 2 -m 64 -v 2, 2026-12-03:
+# the default series in shadow mode, and the wp-stale-root-kept mutant in tdp_legacy (its selftest lost a write)
+
+ROOTS = Path(__file__).parent / "data" / "real" / "shadow-enable-test-roots"
+STALE = Path(__file__).parent / "data" / "real" / "tdp_legacy-stale-root"
+
+
+def test_the_real_capture_with_roots_passes_on_them() -> None:
+    v = check_files(sorted(ROOTS.glob("pw_sptes.*.txt.gz")), ROOTS / "trace.dat")
+    assert v.status == "PASS", v
+    c = v.counts
+    # two enables, each followed by both vCPUs' entries on the reloaded root
+    assert (c["wp_all_enables"], c["wp_loads"], c["wp_roots"], c["wp_checks"]) == (2, 76, 4, 194)
+    assert c["events"] == 33164
+
+
+def test_the_real_stale_root_mutant_fails_naming_each_vcpu() -> None:
+    v = check_files(sorted(STALE.glob("pw_sptes.*.txt.gz")), STALE / "trace.dat")
+    assert v.status == "FAIL" and kinds(v) == {"wp_stale_root": 2}, v
+    assert v.counts["wp_loads"] == 0 and v.counts["wp_roots"] == 2
+    first, second = v.inconsistencies
+    assert (first.level, first.seq, first.actual) == (5, 0x84D51, "root at 0x0")
+    assert first.detail.startswith("vCPU 0 ") and second.detail.startswith("vCPU 1 ")
+    assert any("kvm_mmu_wp_root:" in e and "root_gen=0x0 gen=0x1" in e for e in first.recent_events)
+
+
+def test_the_same_capture_without_its_root_events_is_not_judged(tmp_path: Path) -> None:
+    # as a kernel without instrumentation 0005 would give it: the enable, then no load and no root; neither a
+    # PASS nor a FAIL. The root events go, and every seq after them (the dump's too) closes up.
+    import re
+    with trace_dat_lines(STALE / "trace.dat") as f:
+        lines = list(f)
+    roots = [int(re.search(r"seq=(0x[0-9a-f]+)", x).group(1), 16) for x in lines if "kvm_mmu_wp_root:" in x]
+    assert len(roots) == 2
+
+    def closed_up(seq: int) -> int:
+        return seq - sum(r < seq for r in roots)
+
+    def renumber(line: str) -> str:
+        m = re.search(r"seq=(0x[0-9a-f]+)", line)
+        return line if m is None else line.replace(m.group(0), f"seq={closed_up(int(m.group(1), 16)):#x}")
+    text = tmp_path / "trace.txt"
+    text.write_text("".join(renumber(x) for x in lines if "kvm_mmu_wp_root:" not in x))
+    dump_text = gzip.decompress((STALE / "pw_sptes.1.txt.gz").read_bytes()).decode()
+    seq = int(re.search(r"^seq (0x[0-9a-f]+)$", dump_text, re.M).group(1), 16)
+    dump = tmp_path / "pw_sptes.1.txt"
+    dump.write_text(dump_text.replace(f"\nseq {seq:#x}\n", f"\nseq {closed_up(seq):#x}\n"))
+    v = check_files([dump], text)
+    assert v.status == "SKIP" and v.reason.startswith("write-protect-all not judged"), v

@@ -13,10 +13,10 @@ from harness.results import Status
 MAX_ERRORS_SHOWN = 5  # capture faults named in the reason (all are counted)
 # What a verdict says it examined (Verdict.counts): the one list of its keys.
 # Write-protect-all's trace events (FORMAT.md), as TraceStats counts them under these names.
-WP_COUNT_KEYS = ("wp_all_enables", "wp_all_disables", "wp_loads")
+WP_COUNT_KEYS = ("wp_all_enables", "wp_all_disables", "wp_loads", "wp_roots")
 COUNT_KEYS = ("snapshots", "vms", "pages", "sptes", "events", "pages_replayed", "snapshot_comparisons",
               "inconsistencies", "capture_faults", "lost_events", *WP_COUNT_KEYS,
-              "wp_checks",  # write-protect-all invariants checked: loads replayed, writable links judged
+              "wp_checks",  # write-protect-all invariants checked: loads and roots replayed, writable links judged
               "wp_dumps",  # v2 dumps (FORMAT.md): the kernel carries write-protect-all's instrumentation
               "pages_left")  # pages the trace allocated and did not free: 0 once every VM was torn down
 

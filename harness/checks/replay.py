@@ -11,7 +11,7 @@ from operator import attrgetter
 from harness.checks.debugfs import Masks, ShadowPage, Snapshot, decode_role
 from harness.checks.findings import CaptureFaults, Findings, Inconsistency, page_inconsistency, set_bits
 from harness.checks.pagestate import PageState
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpLoadEvent, where
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpLoadEvent, WpRootEvent, where
 from harness.checks.wpreplay import Load, WriteProtectAllRules
 
 _NO_SEQ = 1 << 64  # beyond any seq
@@ -115,8 +115,8 @@ class Replay(WriteProtectAllRules):
                                 " not captured, not compared")
 
     # -- the rare cases, out of the loop -------------------------------------------------------------------
-    def _inc(self, kind: str, ev: SpteEvent | PageEvent | WpLoadEvent, pg: PageState, idx: int | None,
-             expected: int | str | None, actual: int | str | None, detail: str) -> Inconsistency:
+    def _inc(self, kind: str, ev: SpteEvent | PageEvent | WpLoadEvent | WpRootEvent, pg: PageState,
+             idx: int | None, expected: int | str | None, actual: int | str | None, detail: str) -> Inconsistency:
         return Inconsistency(kind, ev.vm, ev.spt, pg.gfn, pg.role, decode_role(pg.role), pg.level, idx,
                              expected, actual, detail, seq=ev.seq, source=where(ev))
 
@@ -128,7 +128,7 @@ class Replay(WriteProtectAllRules):
             self.errors.add(f"lost trace events: seq {expect:#x}..{ev.seq - 1:#x} missing"
                             f" ({ev.seq - expect} events, before seq {ev.seq:#x}, {where(ev)}); replay stopped there")
 
-    def _untraced(self, ev: SpteEvent | PageEvent | WpLoadEvent, what: str) -> None:
+    def _untraced(self, ev: SpteEvent | PageEvent | WpLoadEvent | WpRootEvent, what: str) -> None:
         key = (ev.vm, ev.spt)
         if key in self.untraced:
             return

@@ -2,8 +2,9 @@
 
 The layout is the one `tracedat.decode` reads (trace-cmd.dat.v6(5) and the ring buffer pages of
 kbuffer-parse.c); the event formats are those of a real 6.12 kernel with the instrumentation (copied from
-`events/kvmmmu/*/format` of a boot-test guest, FORMAT.md v2). `trace-cmd convert` turns the result into the
-version-7, zstd file a guest writes, so the benchmark can time the whole path from what the guest gives.
+`events/kvmmmu/*/format` of a boot-test guest, FORMAT.md v2 with patch 0005). `trace-cmd convert` turns the
+result into the version-7, zstd file a guest writes, so the benchmark can time the whole path from what the
+guest gives.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent
 
 PAGE_SIZE = 4096
 _COMMON = ("\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
@@ -20,21 +21,26 @@ _COMMON = ("\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n
            "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n")
 # event -> (id, size of the record's data, [(C type, name, offset, size, signed)])
 EVENTS: dict[str, tuple[int, int, list[tuple[str, str, int, int, int]]]] = {
-    "kvm_mmu_pw_spte": (118, 76, [
+    "kvm_mmu_pw_spte": (119, 76, [
         ("u64", "seq", 8, 8, 0), ("unsigned long", "vm", 16, 8, 0), ("unsigned long", "spt", 24, 8, 0),
         ("u64", "gfn", 32, 8, 0), ("u32", "role", 40, 4, 0), ("u8", "level", 44, 1, 0), ("int", "idx", 48, 4, 1),
         ("u64", "old_spte", 56, 8, 0), ("u64", "new_spte", 64, 8, 0), ("unsigned int", "count", 72, 4, 0)]),
-    "kvm_mmu_pw_page": (117, 52, [
+    "kvm_mmu_pw_page": (118, 52, [
         ("u64", "seq", 8, 8, 0), ("unsigned long", "vm", 16, 8, 0), ("unsigned long", "spt", 24, 8, 0),
         ("u64", "gfn", 32, 8, 0), ("u32", "role", 40, 4, 0), ("u8", "level", 44, 1, 0), ("bool", "free", 45, 1, 0),
         ("unsigned int", "count", 48, 4, 0)]),
-    "kvm_mmu_wp_all": (116, 40, [
+    "kvm_mmu_wp_all": (117, 40, [
         ("u64", "seq", 8, 8, 0), ("unsigned long", "vm", 16, 8, 0), ("bool", "enable", 24, 1, 0),
         ("u64", "gen", 32, 8, 0)]),
-    "kvm_mmu_wp_load": (115, 68, [
+    "kvm_mmu_wp_load": (116, 68, [
         ("u64", "seq", 8, 8, 0), ("unsigned long", "vm", 16, 8, 0), ("unsigned long", "spt", 24, 8, 0),
         ("u64", "gfn", 32, 8, 0), ("u32", "role", 40, 4, 0), ("u8", "level", 44, 1, 0),
         ("u64", "old_gen", 48, 8, 0), ("u64", "gen", 56, 8, 0), ("unsigned int", "count", 64, 4, 0)]),
+    "kvm_mmu_wp_root": (115, 76, [
+        ("u64", "seq", 8, 8, 0), ("unsigned long", "vm", 16, 8, 0), ("unsigned int", "vcpu", 24, 4, 0),
+        ("unsigned long", "spt", 32, 8, 0), ("u64", "gfn", 40, 8, 0), ("u32", "role", 48, 4, 0),
+        ("u8", "level", 52, 1, 0), ("u64", "root_gen", 56, 8, 0), ("u64", "gen", 64, 8, 0),
+        ("unsigned int", "count", 72, 4, 0)]),
 }
 # The TP_printk of each event (mmutrace.h, FORMAT.md): `trace-cmd report` of a synthetic file prints events
 # exactly as of a real one, which the tests use to check this writer independently of the decoder.
@@ -48,6 +54,9 @@ PRINT_FMT = {
     "kvm_mmu_wp_all": f'"{_H} enable=%d gen=0x%llx", REC->seq, REC->vm, REC->enable, REC->gen',
     "kvm_mmu_wp_load": f'"{_H} spt=0x%lx gfn=0x%llx role=0x%x level=%u old_gen=0x%llx gen=0x%llx count=%u", REC->seq,'
                        " REC->vm, REC->spt, REC->gfn, REC->role, REC->level, REC->old_gen, REC->gen, REC->count",
+    "kvm_mmu_wp_root": f'"{_H} vcpu=%u spt=0x%lx gfn=0x%llx role=0x%x level=%u root_gen=0x%llx gen=0x%llx count=%u",'
+                       " REC->seq, REC->vm, REC->vcpu, REC->spt, REC->gfn, REC->role, REC->level, REC->root_gen,"
+                       " REC->gen, REC->count",
 }
 HEADER_PAGE = ("\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n"
                "\tfield: local_t commit;\toffset:8;\tsize:8;\tsigned:1;\n"
@@ -76,9 +85,12 @@ def _record(ev: AnyEvent) -> bytes:
                                            ev.count)
     elif isinstance(ev, WpAllEvent):
         name, values = "kvm_mmu_wp_all", (ev.seq, ev.vm, ev.enable, ev.gen)
-    else:
+    elif isinstance(ev, WpLoadEvent):
         name, values = "kvm_mmu_wp_load", (ev.seq, ev.vm, ev.spt, ev.gfn, ev.role, ev.level, ev.old_gen, ev.gen,
                                            ev.count)
+    else:
+        name, values = "kvm_mmu_wp_root", (ev.seq, ev.vm, ev.vcpu, ev.spt, ev.gfn, ev.role, ev.level, ev.root_gen,
+                                           ev.gen, ev.count)
     ident, size, fields = EVENTS[name]
     data = bytearray(size)
     struct.pack_into("<HBBi", data, 0, ident, 0, 0, 4242)

@@ -79,7 +79,26 @@ class WpLoadEvent:
     line_no: int
 
 
-AnyEvent = SpteEvent | PageEvent | WpAllEvent | WpLoadEvent
+@dataclass(slots=True)
+class WpRootEvent:
+    """A vCPU is about to enter the guest with root `spt` while write-protect-all is enabled at `gen`: the
+    first entry after each enable, and after each change of root (instrumentation 0005). `root_gen` is the
+    root's own generation then, `count` its counter; a root at `gen` was loaded or created since the enable."""
+
+    seq: int
+    vm: int
+    vcpu: int
+    spt: int
+    gfn: int
+    role: int
+    level: int
+    root_gen: int
+    gen: int
+    count: int
+    line_no: int
+
+
+AnyEvent = SpteEvent | PageEvent | WpAllEvent | WpLoadEvent | WpRootEvent
 
 
 class TraceFormatError(ValueError):
@@ -103,10 +122,11 @@ class TraceStats:
     lost_events: int = 0  # sum of N over `CPU:c [LOST N EVENTS]`
     lost_markers: int = 0
     overrun_markers: int = 0  # `##### CPU c buffer started ####`: that CPU's oldest events were overwritten
-    # write-protect-all (FORMAT.md): kvm_mmu_wp_all enable=1 / enable=0, kvm_mmu_wp_load
+    # write-protect-all (FORMAT.md): kvm_mmu_wp_all enable=1 / enable=0, kvm_mmu_wp_load, kvm_mmu_wp_root
     wp_all_enables: int = 0
     wp_all_disables: int = 0
     wp_loads: int = 0
+    wp_roots: int = 0
 
     def wp_counts(self) -> dict[str, int]:
         """The write-protect-all events seen, under a verdict's count names (findings.WP_COUNT_KEYS)."""
@@ -130,6 +150,11 @@ _WP_LOAD_RE = re.compile(
     rf"kvm_mmu_wp_load:\s+seq={_H} vm={_H} spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0) level=(\d+)"
     rf" old_gen={_H} gen={_H} count=(\d+)\s*\Z"
 )
+_WP_ROOT_RE = re.compile(
+    rf"kvm_mmu_wp_root:\s+seq={_H} vm={_H} vcpu=(\d+) spt={_H} gfn={_H} role=(0x[0-9a-fA-F]{{1,8}}|0)"
+    rf" level=(\d+) root_gen={_H} gen={_H} count=(\d+)\s*\Z"
+)
+_WP_NAMES = ("kvm_mmu_wp_all:", "kvm_mmu_wp_load:", "kvm_mmu_wp_root:")
 _WP_MARK = "kvm_mmu_wp_"
 _LOST_RE = re.compile(r"\[LOST (\d+) EVENTS\]")
 _OVERRUN_RE = re.compile(r"^##### CPU \d+ buffer started ####")
@@ -144,7 +169,7 @@ class _HexCache(dict[str, int]):
 
 
 def _wp_event(line: str, p: int, stats: TraceStats, line_no: int,
-              source: str) -> WpAllEvent | WpLoadEvent | None:
+              source: str) -> WpAllEvent | WpLoadEvent | WpRootEvent | None:
     """The write-protect-all event at `p` (a mention of kvm_mmu_wp_), counted in `stats`; None for a mere
     mention of the name; a malformed event raises TraceFormatError."""
     while p >= 0:
@@ -162,7 +187,13 @@ def _wp_event(line: str, p: int, stats: TraceStats, line_no: int,
             seq, vm, spt, gfn, role, level, old_gen, gen, count = m.groups()
             return WpLoadEvent(int(seq, 16), int(vm, 16), int(spt, 16), int(gfn, 16), int(role, 16), int(level),
                                int(old_gen, 16), int(gen, 16), int(count), line_no)
-        if line.startswith(("kvm_mmu_wp_all:", "kvm_mmu_wp_load:"), p):
+        m = _WP_ROOT_RE.match(line, p)
+        if m is not None:
+            stats.wp_roots += 1
+            seq, vm, vcpu, spt, gfn, role, level, root_gen, gen, count = m.groups()
+            return WpRootEvent(int(seq, 16), int(vm, 16), int(vcpu), int(spt, 16), int(gfn, 16), int(role, 16),
+                               int(level), int(root_gen, 16), int(gen, 16), int(count), line_no)
+        if line.startswith(_WP_NAMES, p):
             raise TraceFormatError(line_no, line.rstrip("\n"), "malformed kvm_mmu_wp event", source)
         p = line.find(_WP_MARK, p + 1)
     return None
@@ -253,5 +284,8 @@ def format_event(ev: AnyEvent) -> str:
                 f" role={ev.role:#x} level={ev.level} op={ev.op} count={ev.count}")
     if isinstance(ev, WpAllEvent):
         return f"kvm_mmu_wp_all: seq={ev.seq:#x} vm={ev.vm:#x} enable={int(ev.enable)} gen={ev.gen:#x}"
+    if isinstance(ev, WpRootEvent):
+        return (f"kvm_mmu_wp_root: seq={ev.seq:#x} vm={ev.vm:#x} vcpu={ev.vcpu} spt={ev.spt:#x} gfn={ev.gfn:#x}"
+                f" role={ev.role:#x} level={ev.level} root_gen={ev.root_gen:#x} gen={ev.gen:#x} count={ev.count}")
     return (f"kvm_mmu_wp_load: seq={ev.seq:#x} vm={ev.vm:#x} spt={ev.spt:#x} gfn={ev.gfn:#x} role={ev.role:#x}"
             f" level={ev.level} old_gen={ev.old_gen:#x} gen={ev.gen:#x} count={ev.count}")

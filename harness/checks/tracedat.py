@@ -35,6 +35,7 @@ from harness.checks.trace import (
     TraceStats,
     WpAllEvent,
     WpLoadEvent,
+    WpRootEvent,
 )
 from harness.checks.tracefile import EventFormat, read_trace
 
@@ -44,6 +45,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "kvm_mmu_pw_page": ("seq", "vm", "spt", "gfn", "role", "level", "free", "count"),
     "kvm_mmu_wp_all": ("seq", "vm", "enable", "gen"),
     "kvm_mmu_wp_load": ("seq", "vm", "spt", "gfn", "role", "level", "old_gen", "gen", "count"),
+    "kvm_mmu_wp_root": ("seq", "vm", "vcpu", "spt", "gfn", "role", "level", "root_gen", "gen", "count"),
 }
 
 
@@ -65,22 +67,25 @@ def record_dtype(fmt: EventFormat, names: tuple[str, ...]) -> np.dtype[np.void]:
 
 
 # Event kinds in EventColumns.kind
-SPTE, ALLOC, FREE, WP_ALL, WP_LOAD = 0, 1, 2, 3, 4
+SPTE, ALLOC, FREE, WP_ALL, WP_LOAD, WP_ROOT = 0, 1, 2, 3, 4, 5
 _U64 = np.uint64
-_COLUMNS = ("seq", "vm", "spt", "gfn", "role", "level", "idx", "old", "new", "count", "gen", "old_gen", "enable")
+_COLUMNS = ("seq", "vm", "spt", "gfn", "role", "level", "idx", "old", "new", "count", "gen", "old_gen", "enable",
+            "vcpu")
 _DTYPES = {"seq": np.int64, "level": np.int64, "idx": np.int64, "count": np.int64, "enable": np.uint8,
-           "kind": np.uint8}
-# each event's fields -> the column it fills, where the names differ
-_RENAME = {"old_spte": "old", "new_spte": "new"}
-_KIND = {"kvm_mmu_pw_spte": SPTE, "kvm_mmu_wp_all": WP_ALL, "kvm_mmu_wp_load": WP_LOAD}
+           "kind": np.uint8, "vcpu": np.int64}
+# each event's fields -> the column it fills, where the names differ (a root's generation is its "old" one:
+# the one it had before the enable's, if it is stale)
+_RENAME = {"old_spte": "old", "new_spte": "new", "root_gen": "old_gen"}
+_KIND = {"kvm_mmu_pw_spte": SPTE, "kvm_mmu_wp_all": WP_ALL, "kvm_mmu_wp_load": WP_LOAD, "kvm_mmu_wp_root": WP_ROOT}
 
 
 class EventColumns:
     """The kvmmmu events of a trace as columns, one row per event, grouped by event (not in seq order).
 
-    `kind` is SPTE, ALLOC, FREE (kvm_mmu_pw_page), WP_ALL or WP_LOAD; a column an event does not have is 0:
-    `idx`, `old`, `new` are kvm_mmu_pw_spte's; `gen` is kvm_mmu_wp_all's and kvm_mmu_wp_load's, `old_gen`
-    the load's, `enable` the wp_all's. Values are the raw fields (FORMAT.md): u64 for addresses and sptes.
+    `kind` is SPTE, ALLOC, FREE (kvm_mmu_pw_page), WP_ALL, WP_LOAD or WP_ROOT; a column an event does not
+    have is 0: `idx`, `old`, `new` are kvm_mmu_pw_spte's; `gen` is kvm_mmu_wp_*'s, `old_gen` the load's
+    `old_gen` and the root's `root_gen`, `enable` the wp_all's, `vcpu` the root's. Values are the raw fields
+    (FORMAT.md): u64 for addresses and sptes.
     A column is built from the records the first time it is read (the checker reads about half of them).
     """
 
@@ -167,6 +172,10 @@ class EventColumns:
     def enable(self) -> npt.NDArray[np.uint8]:
         return self.column("enable")  # type: ignore[return-value]
 
+    @property
+    def vcpu(self) -> npt.NDArray[np.int64]:
+        return self.column("vcpu")  # type: ignore[return-value]
+
 
 def decode_columns(data: bytes | memoryview, stats: TraceStats | None = None) -> EventColumns:
     """Every kvm_mmu_pw_*/kvm_mmu_wp_* event of a version-6 trace.dat as EventColumns. `stats` gets the
@@ -186,7 +195,7 @@ def decode_columns(data: bytes | memoryview, stats: TraceStats | None = None) ->
     for name, names in EVENT_FIELDS.items():
         fmt = layout.formats.get(name)
         if fmt is None:
-            continue  # a kernel without patch 0004 has no kvm_mmu_wp_*
+            continue  # a kernel without patch 0004 has no kvm_mmu_wp_*, without 0005 no kvm_mmu_wp_root
         dt = record_dtype(fmt, names)
         mine = etype == fmt.id
         short = np.flatnonzero(mine & (recs.lengths < dt.itemsize))
@@ -209,6 +218,8 @@ def decode_columns(data: bytes | memoryview, stats: TraceStats | None = None) ->
             st.wp_all_disables += int(rec.size - np.count_nonzero(rec["enable"]))
         elif name == "kvm_mmu_wp_load":
             st.wp_loads += rec.size
+        elif name == "kvm_mmu_wp_root":
+            st.wp_roots += rec.size
     out = EventColumns(parts)
     st.events += len(out)
     return out
@@ -233,6 +244,9 @@ def events_from_columns(cols: EventColumns) -> list[AnyEvent]:
     sel = cols.kind == WP_LOAD
     out += map(WpLoadEvent, *(col(c, sel) for c in ("seq", "vm", "spt", "gfn", "role", "level", "old_gen", "gen",
                                                     "count")), repeat(0))
+    sel = cols.kind == WP_ROOT
+    out += map(WpRootEvent, *(col(c, sel) for c in ("seq", "vm", "vcpu", "spt", "gfn", "role", "level", "old_gen",
+                                                    "gen", "count")), repeat(0))
     return out
 
 

@@ -1,6 +1,6 @@
 """Write-protect-all's invariants for the columnar checker: a loop over the few events they concern.
 
-README.md here ("Write-protect-all") defines W1-W4 and `replay.py` checks them on objects. They depend on
+README.md here ("Write-protect-all") defines W1-W5 and `replay.py` checks them on objects. They depend on
 each page's generation, on which of a page's bits are non-leaf (only pages above level 1 have any), and on
 the order of a VM's events right after a load. So this walks, in seq order, only the page allocs and frees,
 the kvm_mmu_wp_* events and the spte events of pages above level 1 (~1% of a real capture's events); the
@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.checks.dumpcols import DumpColumns
-from harness.checks.tracedat import ALLOC, FREE, SPTE, WP_ALL, WP_LOAD, EventColumns
+from harness.checks.tracedat import ALLOC, FREE, SPTE, WP_ALL, WP_LOAD, WP_ROOT, EventColumns
 from harness.checks.wpreplay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 
 I64 = npt.NDArray[np.int64]
@@ -47,10 +47,10 @@ class WpReplay:
             dumps: list[DumpColumns]) -> WpReplay | None:
         """Replay write-protect-all over `ev` (`order`: its rows in seq order; `vm_idx`: each row's VM as a
         small number; `pages`: the rows of page events, their incarnations, the rows of spte events and
-        their new states, as columnar.py found them). None at the first violation of W1-W4."""
+        their new states, as columnar.py found them). None at the first violation of W1-W5."""
         n_inc = inc_level.size
         kind = ev.kind
-        if not ((kind == WP_ALL) | (kind == WP_LOAD)).any():
+        if not ((kind == WP_ALL) | (kind == WP_LOAD) | (kind == WP_ROOT)).any():
             return cls([0] * n_inc, [], 0)
         offsets = {d.wp_all.page_offset for d in dumps if d.wp_all is not None}
         page_offset = offsets.pop() if len(offsets) == 1 else None
@@ -64,7 +64,13 @@ class WpReplay:
         upper_page = np.zeros(k.size, bool)
         sp = k == SPTE
         upper_page[sp] = inc_level[inc[sp]] > 1
-        rows = order[(k != SPTE) | upper_page]
+        walked = (k != SPTE) | upper_page
+        # Before a VM's first write-protect-all event nothing is judged: the events up to the first one of the
+        # whole capture only build the state the loop starts from, which numpy gives at once (_state_at).
+        is_wp = (k == WP_ALL) | (k == WP_LOAD) | (k == WP_ROOT)
+        first = int(np.argmax(is_wp))
+        live, bits = _state_at(order[:first], k[:first], inc[:first], walked[:first], ev, vm_idx, now, inc_level)
+        rows = order[first:][walked[first:]]
         # the seq of each event's previous event of the same VM, and each VM's last seq
         by_vm = order[np.argsort(vm_idx[order].astype(np.int16), kind="stable")]
         prev = np.full(kind.size, -1, np.int64)
@@ -77,8 +83,6 @@ class WpReplay:
         gen = [0] * n_inc  # as replayed so far
         gen0 = [0] * n_inc  # at alloc
         level = inc_level.tolist()
-        bits: dict[int, list[int]] = {}  # incarnation above level 1 -> [bitmap, non-leaf bits]
-        live: dict[tuple[int, int], int] = {}  # (vm, spt) -> incarnation
         wp: dict[int, tuple[bool, int]] = {}  # vm -> (enabled, generation)
         top: dict[int, int] = {}  # vm -> the highest generation an enable gave it (W4)
         waiting: set[int] = set()  # VMs with live pages whose last enable no load has followed yet
@@ -121,6 +125,12 @@ class WpReplay:
                     bits[i] = [0, 0]
             elif kd == FREE:
                 del live[(vm, spt)]
+            elif kd == WP_ROOT:
+                checks += 1
+                enabled, cur = wp.get(vm, (False, 0))
+                if not enabled or g != cur or old_gen != gen[i] or gen[i] != cur:
+                    return None  # wp_root_generation, wp_stale_root
+                waiting.discard(vm)
             elif kd == WP_ALL:
                 if vm in waiting:
                     return None  # an enable no load followed: the reference says whether it is judged
@@ -151,3 +161,41 @@ class WpReplay:
         if waiting:
             return None
         return cls(gen0, loads, checks)
+
+
+def _state_at(pre: I64, k: npt.NDArray[np.uint8], inc: I64, walked: npt.NDArray[np.bool_], ev: EventColumns,
+              vm_idx: I64, now: npt.NDArray[np.int8],
+              inc_level: I64) -> tuple[dict[tuple[int, int], int], dict[int, list[int]]]:
+    """The loop's state after the rows `pre` (seq order, no write-protect-all event among them; `k`, `inc`,
+    `walked` their kinds, incarnations and whether the loop would walk them): the live pages, (vm, spt) ->
+    incarnation, and each live page above level 1's [bitmap, non-leaf bits], as the loop would leave them."""
+    alloc = k == ALLOC
+    freed = inc[k == FREE]
+    alive = alloc & ~np.isin(inc, freed)
+    rows = pre[alive]
+    live = dict(zip(zip(vm_idx[rows].tolist(), ev.spt[rows].tolist(), strict=True), inc[alive].tolist(),
+                    strict=True))
+    upper = inc[alive][inc_level[inc[alive]] > 1]
+    bits: dict[int, list[int]] = {i: [0, 0] for i in upper.tolist()}
+    sp = (k == SPTE) & walked
+    sp &= np.isin(inc, upper)
+    if not sp.any():
+        return live, bits
+    r = pre[sp]
+    group = inc[sp] * 512 + ev.idx[r]
+    by = np.argsort(group, kind="stable")  # within a group, seq order
+    g = group[by]
+    last = np.ones(g.size, bool)
+    last[:-1] = g[1:] != g[:-1]
+    g, r = g[last], r[by][last]
+    state = now[r] != 0
+    leaf = (ev.new[r] & np.uint64(PT_PAGE_SIZE_MASK)) != 0
+    row_of = {i: j for j, i in enumerate(upper.tolist())}
+    mat = np.zeros((2, upper.size, 512), bool)
+    rr = np.array([row_of[i] for i in (g // 512).tolist()], np.int64)
+    mat[0, rr, g % 512] = state
+    mat[1, rr, g % 512] = state & ~leaf
+    packed = np.packbits(mat, axis=2, bitorder="little")
+    for j, i in enumerate(upper.tolist()):
+        bits[i] = [int.from_bytes(packed[0, j].tobytes(), "little"), int.from_bytes(packed[1, j].tobytes(), "little")]
+    return live, bits

@@ -1,4 +1,4 @@
-"""The trace replay's write-protect-all rules (README.md here, "Write-protect-all": W1-W4), as a part of
+"""The trace replay's write-protect-all rules (README.md here, "Write-protect-all": W1-W5), as a part of
 replay.Replay: it holds the pages and calls these on the `kvm_mmu_wp_*` events, on the non-leaf sptes of
 pages above level 1, and on the events that follow a load."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from harness.checks.findings import Findings, Inconsistency, set_bits
 from harness.checks.pagestate import PageState
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, where
+from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, WpRootEvent, where
 
 PT_PAGE_SIZE_MASK = 1 << 7  # a huge leaf spte (arch/x86/kvm/mmu/spte.h); the same bit in every spte format
 SPTE_BASE_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # SPTE_BASE_ADDR_MASK (spte.h), physical address bits 51:12
@@ -25,7 +25,7 @@ class Load:
 
 
 class WriteProtectAllRules:
-    """Each VM's indicator and the W1-W4 checks; `wp_checks` counts the loads and the links judged."""
+    """Each VM's indicator and the W1-W5 checks; `wp_checks` counts the loads, roots and links judged."""
 
     findings: Findings
 
@@ -35,17 +35,19 @@ class WriteProtectAllRules:
         # vm -> (enabled, generation) of its write-protect-all indicator; a new VM's is zero (kzalloc'd)
         self.wp: dict[int, tuple[bool, int]] = {}
         self.wp_enables: dict[int, tuple[int, int]] = {}  # vm -> (highest enabled generation, its seq)
-        # vm -> what its last enable left to protect, while no page of it has been loaded since
+        # vm -> what its last enable left to protect, while no page of it has been loaded and no vCPU has
+        # entered the guest (kvm_mmu_wp_root) since
         self.wp_waiting: dict[int, tuple[WpAllEvent, int, int]] = {}
-        self.wp_unjudged: list[str] = []  # enables that no load followed, though there was something to protect
+        # enables that no load or root followed, though there was something to protect
+        self.wp_unjudged: list[str] = []
         self.wp_checks = 0  # write-protect-all invariants checked (loads, and writable links of loaded pages)
 
     # Replay's, which knows the page and the capture
-    def _inc(self, kind: str, ev: SpteEvent | PageEvent | WpLoadEvent, pg: PageState, idx: int | None,
-             expected: int | str | None, actual: int | str | None, detail: str) -> Inconsistency:
+    def _inc(self, kind: str, ev: SpteEvent | PageEvent | WpLoadEvent | WpRootEvent, pg: PageState,
+             idx: int | None, expected: int | str | None, actual: int | str | None, detail: str) -> Inconsistency:
         raise NotImplementedError
 
-    def _untraced(self, ev: SpteEvent | PageEvent | WpLoadEvent, what: str) -> None:
+    def _untraced(self, ev: SpteEvent | PageEvent | WpLoadEvent | WpRootEvent, what: str) -> None:
         raise NotImplementedError
 
     def _upper(self, ev: SpteEvent, pg: PageState, now: int, pages: dict[int, PageState]) -> None:
@@ -69,9 +71,12 @@ class WriteProtectAllRules:
                 f" not loaded since write-protect-all was enabled: the child's {child.count} possibly-writable"
                 " sptes can be written without a fault, unlogged."))
 
-    def _wp_event(self, ev: WpAllEvent | WpLoadEvent, pages: dict[int, PageState]) -> Load | None:
-        """Follow the indicator; check a load against the replay; returns the load whose non-leaf sptes
-        must now be write-protected, if it has any."""
+    def _wp_event(self, ev: WpAllEvent | WpLoadEvent | WpRootEvent, pages: dict[int, PageState]) -> Load | None:
+        """Follow the indicator; check a load or a root against the replay; returns the load whose non-leaf
+        sptes must now be write-protected, if it has any."""
+        if isinstance(ev, WpRootEvent):
+            self._root(ev, pages)
+            return None
         if isinstance(ev, WpAllEvent):
             self._unloaded(ev.vm)
             if ev.enable:
@@ -108,16 +113,44 @@ class WriteProtectAllRules:
         todo = pg.upper & pg.bitmap
         return Load(ev, pg, todo) if todo else None
 
+    def _root(self, ev: WpRootEvent, pages: dict[int, PageState]) -> None:
+        """W5: a vCPU enters the guest, while write-protect-all is enabled, only with a root at the current
+        generation (loaded, or created, since the enable)."""
+        self.wp_waiting.pop(ev.vm, None)
+        pg = pages.get(ev.spt)
+        if pg is None:
+            self._untraced(ev, "a vCPU's root")
+            return
+        self.wp_checks += 1
+        f = self.findings
+        enabled, gen = self.wp.get(ev.vm, (False, 0))
+        if (not enabled or ev.gen != gen or ev.root_gen != pg.gen) and f.report("wp_root_generation"):
+            f.keep(self._inc("wp_root_generation", ev, pg, None,
+                             f"enabled, gen {gen:#x}, root at {pg.gen:#x}",
+                             f"{'enabled' if enabled else 'disabled'}, gen {ev.gen:#x}, root at {ev.root_gen:#x}",
+                             f"vCPU {ev.vcpu} reported its root against a generation that the VM's indicator does"
+                             " not hold, or the root's own generation differs from the replay."))
+        elif pg.gen != gen and f.report("wp_stale_root"):
+            f.keep(self._inc("wp_stale_root", ev, pg, None, f"a root at generation {gen:#x}",
+                             f"root at {pg.gen:#x}",
+                             f"vCPU {ev.vcpu} enters the guest with a root that was neither loaded nor created"
+                             f" since write-protect-all was enabled at {gen:#x}: its {pg.count} possibly-writable"
+                             " sptes (and every page below them) are written without a fault, unlogged."))
+        if ev.count != pg.count + pg.drift and f.report("wp_root_count_mismatch"):
+            f.keep(self._inc("wp_root_count_mismatch", ev, pg, None, pg.count + pg.drift, ev.count,
+                             f"The root's counter differs from the replay (popcount {pg.count})."))
+
     def _unloaded(self, vm: int) -> None:
-        """The VM's last enable, if no load followed it though it had possibly-writable sptes, is one that
-        cannot be judged: a vCPU that ran on after it reloads its root (a load), and W1-W4 rest on loads."""
+        """The VM's last enable, if no load and no root followed it though it had possibly-writable sptes, is
+        one that cannot be judged: W1-W4 rest on loads, W5 on the roots vCPUs enter with (a kernel without
+        instrumentation 0005 traces none), and a vCPU that ran on after it would have given one or the other."""
         waiting = self.wp_waiting.pop(vm, None)
         if waiting is not None:
             ev, n_pages, n_sptes = waiting
             self.wp_unjudged.append(
                 f"write-protect-all was enabled at seq {ev.seq:#x} (VM {ev.vm:#x}, generation {ev.gen:#x}) with"
-                f" {n_sptes} possibly-writable sptes in {n_pages} shadow pages, and no page was loaded after it"
-                f" ({where(ev)})")
+                f" {n_sptes} possibly-writable sptes in {n_pages} shadow pages, and no page was loaded nor any"
+                f" vCPU's root traced after it ({where(ev)})")
 
     def finish(self) -> None:
         """After `run`: the enables still waiting for a load at the end of the trace are unjudged too."""
