@@ -39,8 +39,8 @@ def test_walk_names_the_first_bad_patch_and_where_it_went_wrong(walked):
     print(f"walk build times (s): {[steps[k]['build_s'] for k in sorted(steps)]}")
 
 
-# --- the default series with a bookkeeping mutant appended (issue 22): nine patches, so bisected; the
-# instrumentation arrives in four of them ------------------------------------------------------------------
+# --- the default series with a bookkeeping mutant appended (issue 22): ten patches, so bisected; the
+# instrumentation arrives in five of them ------------------------------------------------------------------
 
 PATCHES = REPO / "kernel-patches"
 
@@ -56,15 +56,15 @@ def walked_mutant(tmp_path_factory):
 def test_walk_names_the_mutant_at_the_consistency_stage(walked_mutant):
     r, doc = walked_mutant
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
-    assert len(doc["patches"]) == 9 and doc["first_bad"] == 9, doc
+    assert len(doc["patches"]) == 10 and doc["first_bad"] == 10, doc
     assert "MUTANT" in doc["first_bad_patch"] and doc["could_also_be"] == []
     steps = {s["k"]: s for s in doc["steps"]}
-    assert steps[9]["stage"] == "consistency" and steps[9]["outcome"] == "bad"
-    assert "kvm.shadow.dirty_log_enable_test.consistency" in steps[9]["reason"]
+    assert steps[10]["stage"] == "consistency" and steps[10]["outcome"] == "bad"
+    assert "kvm.shadow.dirty_log_enable_test.consistency" in steps[10]["reason"]
     # every other step run was good: the prefixes without the instrumentation have no consistency case,
     # those with part of it are judged on what they have
-    assert all(s["outcome"] == "good" for k, s in steps.items() if k != 9), steps
-    assert len(steps) <= 9 // 2 + 3, "bisected, not walked"
+    assert all(s["outcome"] == "good" for k, s in steps.items() if k != 10), steps
+    assert len(steps) <= 10 // 2 + 3, "bisected, not walked"
 
 
 def test_a_kernel_with_the_tracepoints_but_not_the_dump_skips_its_consistency_cases(tmp_path):
