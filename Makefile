@@ -22,9 +22,10 @@ shell: $(KH)
 ab: $(KH)
 	$(KH) ab $(ARGS)
 
-# The full suite: fast unit tests and the real boot test (real kernel, real QEMU).
+# The full suite: fast unit tests and the real boot test (real kernel, real QEMU). Plain `pytest` runs only
+# the fast tier (pyproject.toml's addopts); the -m here, given last, selects both.
 test: $(KH)
-	$(PY) -m pytest -v $(ARGS)
+	$(PY) -m pytest -v -m "integration or not integration" $(ARGS)
 
 unit-test: $(KH)
 	$(PY) -m pytest -v -m "not integration" $(ARGS)
