@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import cache, kconfig, proc, progress
 from . import series as series_mod
+from .configreq import ConfigRequest
 from .errors import BuildError
 from .source import Workspace
 
@@ -47,7 +48,7 @@ _LD_ERROR = re.compile(r"(?P<file>[^\s:]+\.[chS]):(?P<line>\d+|\([^)]*\)): (?P<m
 class BuildRequest:
     workspace: Workspace
     series: list[series_mod.Series]
-    config: kconfig.ConfigRequest
+    config: ConfigRequest
     jobs: int = (os.cpu_count() or 2) + 1
 
     def key(self) -> str:
@@ -55,7 +56,7 @@ class BuildRequest:
         return cache.key_of({"recipe": RECIPE_VERSION, "source": ident,
                              "series": [[p.sha256 if p.strip == 1 else f"{p.sha256}:-p{p.strip}" for p in s.patches]
                                         for s in self.series],
-                             "config": self.config.key()})
+                             "config": kconfig.config_key(self.config)})
 
 
 @dataclass

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from .evidence import Captured, CaptureSettings
 from .guest import Guest
 
 TRACING = "/sys/kernel/tracing"
@@ -24,15 +24,6 @@ EVENTS = ("kvm_mmu_pw_spte", "kvm_mmu_pw_page")
 # Write-protect-all's events (instrumentation 0004, and 0005 for the roots): enabled where the kernel has them.
 OPTIONAL_EVENTS = ("kvm_mmu_wp_all", "kvm_mmu_wp_load", "kvm_mmu_wp_root")
 CAP = "/tmp/kvm-harness-capture"
-
-
-@dataclass
-class CaptureSettings:
-    buffer_kb_per_cpu: int = 65536
-    # 2 s: each dump is built under the VM's mmu_lock (the vCPU's faults wait) and costs the guest
-    # ~0.3 s under TCG; at 0.5 s the dumps slowed a shadow dirty_log_test by a third, at 1 s by a
-    # quarter. A 20 s workload still gets ~8 dumps, and the trace replay checks every event between.
-    snapshot_interval_s: float = 2.0
 
 
 def snapshot_loop(s: CaptureSettings, debugfs: str = "/sys/kernel/debug/kvm", cap: str = CAP) -> str:
@@ -137,17 +128,6 @@ def ring_entries(stats_text: str) -> int | None:
     """
     found = [int(m.group(1)) for m in _ENTRIES.finditer(stats_text)]
     return sum(found) if found else None
-
-
-@dataclass
-class Captured:
-    dir: Path
-    snapshots: list[Path] = field(default_factory=list)
-    trace: Path | None = None
-    ring_lost: int = 0
-    ring_entries: int | None = None
-    vanished: int = 0
-    error: str = ""
 
 
 def start(guest: Guest, settings: CaptureSettings) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -56,10 +55,6 @@ T=/sys/kernel/tracing
 echo 0 > $T/tracing_on
 gzip -1 -c $T/trace
 """
-
-
-def safe_name(path: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", path)
 
 
 def collect(vm: VM, guest: Guest | None, dest: Path, why: str, trace: bool = True) -> dict[str, object]:

@@ -12,7 +12,6 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -20,6 +19,7 @@ import paramiko
 from . import proc
 from .checks.health import PANIC_RE, last_line, panic_excerpt
 from .errors import BootError, GuestError
+from .results import RunResult
 from .vm import VM
 
 log = logging.getLogger("kvm-harness")
@@ -28,18 +28,6 @@ SSHD_MARKER = "kvm-harness: sshd started"
 PANIC_EVENT_WAIT_S = 5.0   # the console's panic line to pvpanic's QMP event: bounded (vm.wait_panicked)
 
 
-@dataclass
-class RunResult:
-    cmd: str
-    rc: int | None          # None: timed out, or stopped by a watcher (`stopped`)
-    stdout: str
-    stderr: str
-    seconds: float
-    stopped: str = ""       # why a watcher stopped it before its end
-
-    @property
-    def timed_out(self) -> bool:
-        return self.rc is None and not self.stopped
 
 
 def _connect(port: int, pkey: paramiko.PKey, known_hosts: Path, step: float) -> paramiko.SSHClient:

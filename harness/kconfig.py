@@ -17,22 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cache, proc
+from .configreq import BASES, HARNESS_FRAGMENTS, ConfigRequest
 from .errors import ConfigError, UsageError
 from .kconfig_tree import dependency_values, eval_dependency, kconfig_depends, kconfig_type, symbol_exists
 
 log = logging.getLogger("kvm-harness")
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
-BASES = {
-    # name: (make target, harness fragment applied first, fragment applied right after kvm_guest.config)
-    "trim": ("tinyconfig", CONFIGS_DIR / "trim.config", CONFIGS_DIR / "trim-after-kvm-guest.config"),
-    "defconfig": ("defconfig", None, None),
-}
-HARNESS_FRAGMENTS = [CONFIGS_DIR / "kvm.config", CONFIGS_DIR / "health.config", CONFIGS_DIR / "checks.config"]
 # Fragments that only add checks: a symbol of theirs the tree cannot give is recorded as unavailable (one
 # warning line), not a config error; the harness runs on every tree that has KVM (6.1 LTS has no KVM_PROVE_MMU).
 OPTIONAL_FRAGMENTS = frozenset({"health.config", "checks.config"})
-KVM_GUEST = "kernel/configs/kvm_guest.config"
 
 # kvm_guest.config is generic (all arches, SCSI/DRM guests). On the trimmed
 # base these cannot hold, by design; they are reported, not enforced.
@@ -53,40 +46,32 @@ _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 
-@dataclass
-class ConfigRequest:
-    base: str
-    user_fragments: list[Path] = field(default_factory=list)
+def validate_config(req: ConfigRequest) -> None:
+    """The base is known and every user fragment a readable file of Kconfig lines; UsageError otherwise."""
+    if req.base not in BASES:
+        raise UsageError(f"unknown config base {req.base!r} (choose from {', '.join(BASES)})")
+    for f in req.user_fragments:
+        if not f.exists():
+            raise UsageError(f"config fragment not found: {f}")
+        if not f.is_file():
+            raise UsageError(f"config fragment is not a regular file: {f}")
+        try:
+            text = f.read_text()
+        except OSError as e:
+            raise UsageError(f"config fragment unreadable: {f}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise UsageError(f"config fragment unreadable: {f}: not text ({e.reason} at byte {e.start})") from e
+        for n, line in enumerate(text.splitlines(), 1):
+            s = line.strip()
+            if s and not s.startswith("#") and not _SET.match(s):
+                raise UsageError(f"{f}:{n}: not a Kconfig line: {s!r}")
 
-    def validate(self) -> None:
-        if self.base not in BASES:
-            raise UsageError(f"unknown config base {self.base!r} (choose from {', '.join(BASES)})")
-        for f in self.user_fragments:
-            if not f.exists():
-                raise UsageError(f"config fragment not found: {f}")
-            if not f.is_file():
-                raise UsageError(f"config fragment is not a regular file: {f}")
-            try:
-                text = f.read_text()
-            except OSError as e:
-                raise UsageError(f"config fragment unreadable: {f}: {e.strerror}") from e
-            except UnicodeDecodeError as e:
-                raise UsageError(f"config fragment unreadable: {f}: not text ({e.reason} at byte {e.start})") from e
-            for n, line in enumerate(text.splitlines(), 1):
-                s = line.strip()
-                if s and not s.startswith("#") and not _SET.match(s):
-                    raise UsageError(f"{f}:{n}: not a Kconfig line: {s!r}")
 
-    def fragments(self, src: Path) -> list[Path]:
-        _, base_frag, after_guest = BASES[self.base]
-        return ([base_frag] if base_frag else []) + [src / KVM_GUEST] + ([after_guest] if after_guest else []) + \
-            HARNESS_FRAGMENTS + [f.resolve() for f in self.user_fragments]
-
-    def key(self) -> dict[str, object]:
-        """What decides the config, for the build key (computed without running make)."""
-        _, base_frag, after_guest = BASES[self.base]
-        frags = [f for f in (base_frag, after_guest) if f] + HARNESS_FRAGMENTS + list(self.user_fragments)
-        return {"base": self.base, "fragments": [cache.sha256_file(f) for f in frags]}
+def config_key(req: ConfigRequest) -> dict[str, object]:
+    """What decides the config, for the build key (computed without running make)."""
+    _, base_frag, after_guest = BASES[req.base]
+    frags = [f for f in (base_frag, after_guest) if f] + HARNESS_FRAGMENTS + list(req.user_fragments)
+    return {"base": req.base, "fragments": [cache.sha256_file(f) for f in frags]}
 
 
 def parse_fragment(path: Path) -> dict[str, str]:

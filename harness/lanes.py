@@ -18,6 +18,7 @@ from . import capture, proc, schedule, verdicts, watchdog
 from .checks import livelock
 from .checks.files import check_files
 from .errors import BootError, GuestError, Interrupted
+from .evidence import Captured
 from .modes import MODES, MmuMode
 from .prepare import Prepared
 from .request import RunOptions
@@ -42,7 +43,7 @@ class Cell:
     workload: AnyWorkload | None = None
 
 
-def check_capture(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
+def check_capture(path: str, mode: MmuMode, cap: Captured | None, why_not: str,
                   logs_populated_memory: bool = False) -> TestResult:
     """`<path>.consistency`: the checker run on the captured files, then verdicts.consistency_verdict."""
     verdict = None if cap is None or cap.error or why_not else check_files(cap.snapshots, cap.trace)
@@ -177,11 +178,8 @@ class Lanes:
             return Started(None, why_not=boot.reason)
         auto = self.opts.consistency == "auto"
         if n == 1 and auto and not facts.instrumented and self.prepared.instrumented:
-            self.book.add_boot(mode.name, [
-                TestResult(f"{w.path(mode.name)}.consistency", ERROR,
-                           reason="the instrumentation series was applied but the guest has no "
-                                  "kvmmmu:kvm_mmu_pw_spte tracepoint")
-                for w in self.opts.plan.selected(mode.name, self.prepared.selftests) if w.checks_consistency])
+            self.book.add_boot(mode.name, verdicts.uninstrumented_results(
+                mode.name, self.opts.plan.selected(mode.name, self.prepared.selftests)))
         s.unjudgeable = facts.partly_instrumented() if auto else ""
         return Started(s, auto and facts.instrumented and not s.unjudgeable)
 
@@ -273,7 +271,7 @@ class Lanes:
             checked = check_capture(path, s.mode, cap, "", w.logs_populated_memory)
         return verdicts.stopped_consistency(checked, res, lost)
 
-    def timed_check(self, path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
+    def timed_check(self, path: str, mode: MmuMode, cap: Captured | None, why_not: str,
                     logs_populated_memory: bool = False) -> TestResult:
         t0 = time.monotonic()
         with self.timings.measure("check_s"):
@@ -282,7 +280,7 @@ class Lanes:
         return v
 
     def observe(self, s: Session, w: AnyWorkload, path: str, capturing: bool, attempt: int
-                ) -> tuple[verdicts.Observation, capture.Captured | None, watchdog.FaultWatch | None]:
+                ) -> tuple[verdicts.Observation, Captured | None, watchdog.FaultWatch | None]:
         """Run `w` in the guest, watched for a livelock, and gather what verdicts.workload_verdict judges:
         its output, the console and the kernel log; the capture is stopped and fetched when `capturing`."""
         console_mark = len(s.vm.console())

@@ -16,17 +16,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, proc
+from . import cache, proc, verdicts
 from . import vm as vm_mod
 from .errors import EXIT_INFRA, EXIT_INTERRUPTED, HarnessError, Interrupted, exit_code_for
+from .inputs import validate, validate_modes, validate_options, validate_prepare
 from .lanes import Cell, Lanes
 from .prepare import Prepared, prepare, record_build
 from .report import write_reports
 from .report.run_dir import RunRecord
-from .request import RunRequest, validate, validate_modes, validate_options, validate_prepare
+from .request import RunRequest
 from .results import Status, TestResult, counts, overall
 from .schedule import BackgroundChecks, ResultBook, Timings
-from .workloads import Workload, WorkloadPlan
+from .workloads import WorkloadPlan
 
 log = logging.getLogger("kvm-harness")
 
@@ -49,14 +50,6 @@ def cells_for(modes: list[str], plan: WorkloadPlan, selftests: tuple[str, ...] |
 
 
 UNBUILT_INDEX = 1 << 30  # after every cell of a mode: the selftests that did not build
-
-
-def unbuilt_results(mode: str, plan: WorkloadPlan, errors: dict[str, str]) -> list[TestResult]:
-    """An ERROR for each selected workload whose selftest did not build (build.json's selftest_errors): the
-    tree's breakage is reported as its own test cases, named by their first compiler or linker error, while
-    the others run."""
-    return [TestResult(w.path(mode), Status.ERROR, reason=f"{w.test} did not build: {errors[w.test]}")
-            for w in plan.selected(mode) if isinstance(w, Workload) and w.test in errors]
 
 
 def prepare_build(req: RunRequest, log_dir: Path) -> Prepared:
@@ -107,7 +100,7 @@ def boot_test(req: RunRequest, argv: list[str] | None = None, *, prepared: Prepa
         if cells is None:
             cells = cells_for(req.modes, req.plan, prepared.selftests)
             for mode in req.modes:
-                book.add(mode, UNBUILT_INDEX, unbuilt_results(mode, req.plan, prepared.selftest_errors))
+                book.add(mode, UNBUILT_INDEX, verdicts.unbuilt_results(mode, req.plan, prepared.selftest_errors))
         Lanes(prepared, req, out, timings, book, checks).run(cells)
         checks.finish()
         proc.check_interrupted()   # a signal held back during the last QMP exchange

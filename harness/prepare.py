@@ -20,6 +20,7 @@ from . import image as image_mod
 from . import series as series_mod
 from . import vm as vm_mod
 from .request import PrepareRequest
+from .vmspec import Accel
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ class Prepared:
     build: build_mod.BuildResult
     initrd: Path
     image: image_mod.Image
-    accel: vm_mod.Accel
+    accel: Accel
     qemu_version: str
     source: dict[str, object]          # the source's identity (kind, sha256 or commit, ...)
     build_s: float = 0.0               # what the stages took in this prepare (0 make on a cache hit)
@@ -63,7 +64,7 @@ class Prepared:
 
 
 def prepare(req: PrepareRequest, series: list[series_mod.Series], log_dir: Path,
-            accel: vm_mod.Accel | None = None,
+            accel: Accel | None = None,
             on_source: Callable[[dict[str, object]], None] | None = None) -> Prepared:
     """Build (or find in the cache) the kernel and image for `req`.
 

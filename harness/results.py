@@ -67,3 +67,19 @@ def counts(results: Iterable[TestResult]) -> dict[Status, int]:
     for r in results:
         out[r.status] += 1
     return out
+
+
+@dataclass
+class RunResult:
+    """A guest command's end: its status, output and time (guest.Guest.run)."""
+
+    cmd: str
+    rc: int | None          # None: timed out, or stopped by a watcher (`stopped`)
+    stdout: str
+    stderr: str
+    seconds: float
+    stopped: str = ""       # why a watcher stopped it before its end
+
+    @property
+    def timed_out(self) -> bool:
+        return self.rc is None and not self.stopped

@@ -18,10 +18,13 @@ from . import forensics, proc
 from . import vm as vm_mod
 from .checks import health
 from .errors import HarnessError
-from .guest import Guest, RunResult
+from .evidence import safe_name
+from .guest import Guest
 from .modes import FACTS_SCRIPT, MmuMode, ModeFacts, parse_facts
 from .prepare import Prepared
 from .request import RunOptions
+from .results import RunResult
+from .vmspec import VMSpec
 
 log = logging.getLogger("kvm-harness")
 
@@ -51,7 +54,7 @@ class Session:
         tail, UsageError without QEMU; the VM is always stopped when this raises."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             proc.check_interrupted()
-            spec = vm_mod.VMSpec(kernel=prepared.build.bzimage, initrd=prepared.initrd, accel=prepared.accel,
+            spec = VMSpec(kernel=prepared.build.bzimage, initrd=prepared.initrd, accel=prepared.accel,
                                  append=list(mode.append) + opts.extra_append, smp=opts.smp, memory=opts.memory,
                                  ssh_port=vm_mod.free_port(), name=f"kvm-harness-{out.name}-{tag}")
             vm = vm_mod.VM(spec, out, tag)
@@ -107,7 +110,7 @@ class Session:
         """What the guest and QEMU look like now, into forensics/<path>/: (summary, artifact dir
         relative to the run directory); `trace` as forensics.collect. Never raises for a guest that dies
         meanwhile."""
-        dest = self.out / "forensics" / forensics.safe_name(path)
+        dest = self.out / "forensics" / safe_name(path)
         try:
             summary = forensics.collect(self.vm, self.guest, dest, why, trace)
         except HarnessError:

@@ -14,12 +14,13 @@ import termios
 import tty
 from pathlib import Path
 
-from . import proc
+from . import options, proc
 from .guest import HOST_ALIAS, Guest
+from .inputs import validate
 from .modes import MODES
 from .prepare import prepare
 from .report import run_dir
-from .request import RunRequest, validate
+from .request import RunRequest
 from .session import Session
 
 
@@ -64,7 +65,9 @@ def run(req: RunRequest, mode_name: str, keep: bool, cmd: list[str]) -> int:
     Returns own_exit_code of the command's (or the shell's) status."""
     out = run_dir.create(req.results_root, "shell")
     run_dir.point_latest(req.results_root, out)
-    meta = run_dir.start_metadata(out, sys.argv[1:], "shell")
+    again = ["shell", *options.run_argv(req), "--mode", mode_name, *(["--keep"] if keep else []),
+             *(["--", *cmd] if cmd else [])]
+    meta = run_dir.start_metadata(out, again, "shell")
     series = validate(req)
     described = [s.describe() for s in series]
     p = prepare(req, series, out,

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from . import cache, proc
 from .errors import InfraError, UsageError
+from .request import DEFAULT_TARBALL
 
 log = logging.getLogger("kvm-harness")
 
-DEFAULT_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 # In every workspace the harness owns: `git am` would otherwise start a background
 # `git gc --auto` (a repack of ~90k objects in a tarball's base) beside the kernel build.
 NO_BACKGROUND_GC = (("gc.auto", "0"), ("maintenance.auto", "false"))

@@ -9,15 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import capture, forensics
 from .checks import health, sysrq
 from .checks.findings import Verdict
 from .checks.livelock import Livelock, Repeat
-from .guest import RunResult
+from .evidence import Captured, safe_name
 from .modes import MmuMode, ModeFacts
 from .perf import phases as perf_phases
-from .results import ERROR, FAIL, PASS, SKIP, TestResult
-from .workloads import KSFT_PASS, KSFT_SKIP, skip_reason
+from .results import ERROR, FAIL, PASS, SKIP, RunResult, TestResult
+from .workloads import KSFT_PASS, KSFT_SKIP, AnyWorkload, Workload, WorkloadPlan, skip_reason
 
 OUTPUT_KEPT = 20000   # characters of a test's output kept in the reports (its tail)
 
@@ -75,7 +74,7 @@ class Observation:
     @property
     def forensics_dir(self) -> str:
         """forensics/<this>/ holds the test's forensics, relative to the run directory."""
-        return forensics.safe_name(self.path if self.attempt == 1 else f"{self.path}.attempt{self.attempt}")
+        return safe_name(self.path if self.attempt == 1 else f"{self.path}.attempt{self.attempt}")
 
 
 def workload_verdict(obs: Observation) -> TestResult:
@@ -149,7 +148,7 @@ def traced_events(counts: dict[str, int]) -> int:
     return counts.get("events", 0)
 
 
-def consistency_verdict(path: str, mode: MmuMode, cap: capture.Captured | None, why_not: str,
+def consistency_verdict(path: str, mode: MmuMode, cap: Captured | None, why_not: str,
                         verdict: Verdict | None, logs_populated_memory: bool = False) -> TestResult:
     """The bitmap/counter verdict of one workload run (`<path>.consistency`): the checker's verdict on
     the capture (None when there is none: `why_not` or the capture's error says why, an ERROR), made an
@@ -293,3 +292,21 @@ def merge_attempts(first: list[TestResult], second: list[TestResult]) -> list[Te
             c2.evidence["first_attempt_verdict"] = {"status": c1.status, "reason": c1.reason}
         merged.append(c2)
     return merged
+
+
+def unbuilt_results(mode: str, plan: WorkloadPlan, errors: dict[str, str]) -> list[TestResult]:
+    """An ERROR for each selected workload whose selftest did not build (build.json's selftest_errors): the
+    tree's breakage is reported as its own test cases, named by their first compiler or linker error, while
+    the others run."""
+    return [TestResult(w.path(mode), ERROR, reason=f"{w.test} did not build: {errors[w.test]}")
+            for w in plan.selected(mode) if isinstance(w, Workload) and w.test in errors]
+
+
+def uninstrumented_results(mode: str, workloads: list[AnyWorkload]) -> list[TestResult]:
+    """An ERROR for the consistency case of each of `workloads` that checks consistency, in a guest whose
+    build carries the instrumentation series but whose kernel has no kvmmmu:kvm_mmu_pw_spte tracepoint:
+    the harness's own fault (a config without tracing, a wrong image), never the series'."""
+    return [TestResult(f"{w.path(mode)}.consistency", ERROR,
+                       reason="the instrumentation series was applied but the guest has no kvmmmu:kvm_mmu_pw_spte"
+                              " tracepoint")
+            for w in workloads if w.checks_consistency]

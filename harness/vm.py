@@ -16,7 +16,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -24,6 +23,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from . import proc
 from .checks.health import printable
 from .errors import InfraError, UsageError
+from .vmspec import Accel, VMSpec
 
 log = logging.getLogger("kvm-harness")
 
@@ -33,13 +33,6 @@ QEMU = "qemu-system-x86_64"
 # controller, which this machine does not have, and that cost up to 10 s per VM.
 BASE_APPEND = ["console=ttyS0,115200", "panic=-1", "reboot=t", "printk.time=1", "no_hash_pointers",
                "hung_task_panic=0", "softlockup_panic=0"]
-
-
-@dataclass
-class Accel:
-    name: str          # "kvm" or "tcg"
-    cpu: str           # "host" or "max"
-    reason: str        # why this accelerator was chosen (logged, kept in results)
 
 
 def host_has_virt_flags(cpuinfo: str) -> str | None:
@@ -121,18 +114,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class VMSpec:
-    kernel: Path
-    initrd: Path
-    accel: Accel
-    append: list[str] = field(default_factory=list)
-    smp: int = 2         # the one default of --smp
-    memory: str = "3G"   # the one default of --memory: the trace ring buffer lives in the guest's RAM too
-    ssh_port: int = 0
-    name: str = "kvm-harness"
 
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")  # Debian's qemu-system-data

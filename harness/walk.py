@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import cache, pipeline, proc
+from . import cache, options, pipeline, proc
 from . import series as series_mod
 from . import vm as vm_mod
 from .errors import (
@@ -37,9 +37,10 @@ from .errors import (
     Interrupted,
     UsageError,
 )
+from .inputs import validate_prepare
 from .prepare import prepare
 from .report import run_dir
-from .request import RunRequest, validate_prepare
+from .request import RunRequest
 from .results import TestResult
 
 log = logging.getLogger("kvm-harness")
@@ -150,7 +151,7 @@ def flatten(series: list[series_mod.Series], split_dir: Path) -> list[series_mod
     return out
 
 
-def run(req: RunRequest, argv: list[str]) -> int:
+def run(req: RunRequest) -> int:
     """Walk the series of `req` (its series_dirs) on its source; prints and writes walk.json; the exit code:
     0 when no patch goes wrong, 1 when one does (named), the base's own code when the base fails."""
     out = run_dir.create(req.results_root, "walk")   # exclusive: two walks in one second do not collide
@@ -176,7 +177,10 @@ def run(req: RunRequest, argv: list[str]) -> int:
         except HarnessError as e:
             s = Step(k, name, e.exit_code, e.kind, str(e), round(time.monotonic() - t0, 1))
         else:
-            o = pipeline.boot_test(req, argv, prepared=prepared, label=f"walk-{k}")
+            # the step's own reproducer: boot-test of the same request on this prefix's patches
+            mine = replace(req, series_dirs=[p.path for p in patches[:k]])
+            o = pipeline.boot_test(req, ["boot-test", *options.run_argv(mine)], prepared=prepared,
+                                   label=f"walk-{k}")
             kind = o.error["kind"] if o.error else None
             stage, why = stage_of(o.exit_code, str(kind) if kind else None, o.results)
             reason = str(o.error["message"]) if o.error else why
@@ -190,7 +194,7 @@ def run(req: RunRequest, argv: list[str]) -> int:
     base_ok = base.exit_code in (EXIT_OK, EXIT_SKIPPED)   # a base whose tests all SKIP is walked from, as ever
     bad, around = (None, []) if not base_ok else first_bad(len(patches), lambda k: step(k).outcome)
     untestable = sorted(k for k, s in steps.items() if k and s.outcome == UNTESTABLE)
-    doc = {"command": ["kvm-harness", "walk", *argv], "patches": [p.name for p in patches],
+    doc = {"command": ["kvm-harness", "walk", *options.run_argv(req)], "patches": [p.name for p in patches],
            "steps": [{**vars(s), "outcome": s.outcome} for s in sorted(steps.values(), key=lambda s: s.k)],
            "first_bad": bad, "first_bad_patch": patches[bad - 1].name if bad else None,
            "untestable": untestable, "could_also_be": around}

@@ -65,7 +65,7 @@ def test_a_selftest_that_does_not_build_is_named_and_the_others_are_built(tmp_pa
 
 
 def test_the_workloads_of_an_unbuilt_selftest_are_errors_of_their_own():
-    from harness.pipeline import unbuilt_results
+    from harness.verdicts import unbuilt_results
     from harness.workloads import WorkloadPlan
     res = unbuilt_results("shadow", WorkloadPlan(), {"dirty_log_test": "dirty_log_test.c:775: undefined reference"})
     assert [(r.path, r.status) for r in res] == [(f"kvm.shadow.dirty_log_test.{m}", "ERROR")

@@ -19,9 +19,10 @@ import pytest
 from harness import build, cache, cli, forensics, kconfig, kconfig_tree, proc, series, source, vm
 from harness.checks.health import last_line, panic_excerpt, printable
 from harness.errors import ApplyError, ConfigError, Interrupted, UsageError, exit_code_for
+from harness.inputs import validate
 from harness.report import ktap
 from harness.report import run_dir as run_dir_mod
-from harness.request import RunRequest, validate
+from harness.request import RunRequest
 from harness.results import ERROR, PASS, TestResult
 from harness.workloads import WorkloadPlan, parse_workload_cmd
 
@@ -108,9 +109,9 @@ def test_fragment_problems_are_usage_errors_naming_the_path(tmp_path):
     binary = tmp_path / "binary.config"
     binary.write_bytes(b"CONFIG_KVM=y\n\xff\xfe\n")
     with pytest.raises(UsageError, match=r"config fragment unreadable: .*binary.config: not text"):
-        kconfig.ConfigRequest("trim", [binary]).validate()
+        kconfig.validate_config(kconfig.ConfigRequest("trim", [binary]))
     with pytest.raises(UsageError, match=r"config fragment is not a regular file: .*"):
-        kconfig.ConfigRequest("trim", [tmp_path]).validate()
+        kconfig.validate_config(kconfig.ConfigRequest("trim", [tmp_path]))
 
 
 def test_fragment_without_read_permission_is_a_usage_error():
@@ -126,7 +127,7 @@ def test_fragment_without_read_permission_is_a_usage_error():
             os.seteuid(65534)
         try:
             with pytest.raises(UsageError) as e:
-                kconfig.ConfigRequest("trim", [frag]).validate()
+                kconfig.validate_config(kconfig.ConfigRequest("trim", [frag]))
         finally:
             if euid == 0:
                 os.seteuid(0)
@@ -307,8 +308,9 @@ def test_forensics_without_ssh_records_qemus_end_and_what_is_missing(tmp_path):
     assert saved == summary and summary["collected"] == ["qmp.json"]
     assert set(summary["missing"]) == {"sysrq-tw.txt", "dmesg.txt", "ps.txt", "pw_sptes.txt.gz", "trace.txt.gz"}
     assert "QEMU killed by SIGKILL" in summary["missing"]["trace.txt.gz"]
-    assert forensics.safe_name("kvm.shadow.dirty_log_test.dirty-log") == "kvm.shadow.dirty_log_test.dirty-log"
-    assert forensics.safe_name("a/b c") == "a_b_c"
+    from harness.evidence import safe_name
+    assert safe_name("kvm.shadow.dirty_log_test.dirty-log") == "kvm.shadow.dirty_log_test.dirty-log"
+    assert safe_name("a/b c") == "a_b_c"
 
 
 # --- 8. QEMU killed: how its end is told; stopping is idempotent and fast -----------------------------------------

@@ -28,9 +28,10 @@ from harness import cache, source
 from harness import guest as guest_mod
 from harness import vm as vm_mod
 from harness.errors import GuestError
+from harness.inputs import validate
 from harness.modes import MODES
 from harness.prepare import prepare
-from harness.request import RunRequest, validate
+from harness.request import RunRequest
 from harness.series import load_default_list
 from harness.session import Session
 

@@ -1,6 +1,6 @@
 import pytest
 
-from harness import kconfig, kconfig_tree
+from harness import configreq, kconfig, kconfig_tree
 from harness.errors import UsageError
 
 
@@ -39,19 +39,19 @@ def test_kvm_guest_exemptions_only_on_trim(tmp_path):
 
 def test_request_validation(tmp_path):
     with pytest.raises(UsageError, match="config fragment not found"):
-        kconfig.ConfigRequest("trim", [tmp_path / "missing.config"]).validate()
+        kconfig.validate_config(kconfig.ConfigRequest("trim", [tmp_path / "missing.config"]))
     bad = tmp_path / "bad.config"
     bad.write_text("KVM=y\n")
     with pytest.raises(UsageError, match=r"bad.config:1: not a Kconfig line"):
-        kconfig.ConfigRequest("trim", [bad]).validate()
+        kconfig.validate_config(kconfig.ConfigRequest("trim", [bad]))
     with pytest.raises(UsageError, match="unknown config base"):
-        kconfig.ConfigRequest("allyes").validate()
+        kconfig.validate_config(kconfig.ConfigRequest("allyes"))
 
 
 def test_shipped_fragments_are_kconfig():
     for f in [*kconfig.BASES["trim"][1:], *kconfig.HARNESS_FRAGMENTS]:
         assert kconfig.parse_fragment(f), f
-    assert kconfig.parse_fragment(kconfig.CONFIGS_DIR / "checks.config")["CONFIG_KVM_PROVE_MMU"] == "y"
+    assert kconfig.parse_fragment(configreq.CONFIGS_DIR / "checks.config")["CONFIG_KVM_PROVE_MMU"] == "y"
     assert {f.name for f in kconfig.HARNESS_FRAGMENTS} >= kconfig.OPTIONAL_FRAGMENTS
 
 

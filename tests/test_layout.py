@@ -106,6 +106,34 @@ def test_the_checkers_parsers_and_verdicts_do_no_io():
         assert not imported & IO_MODULES and opens == [], (name, imported & IO_MODULES, opens)
 
 
-def test_verdicts_decide_without_a_vm():
-    imported = {m for _, m, _ in harness_imports(PACKAGE / "verdicts.py")}
-    assert not imported & {"harness.vm", "harness.session", "harness.lanes", "harness.proc"}
+# The modules that decide or describe without doing I/O: the checker's, the verdicts, and the values a run is
+# made of (requests, results, evidence, VM and config specs). Each imports only from this set, so that what it
+# pulls in, transitively, is pure too (kunit_tool's parser, which imports nothing that runs a kernel).
+PURE = {f"harness.checks.{m}" for m in PURE_CHECKS} | {
+    f"harness.{m}" for m in ("verdicts", "request", "results", "errors", "evidence", "vmspec", "configreq", "modes",
+                             "workloads", "perf")}
+IO_THIRD_PARTY = {"paramiko", "qemu", "socket", "select", "signal", "tarfile", "sqlite3", "urllib"}
+
+
+def _module_of(mod: str, name: str | None) -> str:
+    """The harness module an import names: `from harness.x import y` is module harness.x.y when that is a file."""
+    full = f"{mod}.{name}" if name else mod
+    return full if (REPO / Path(*full.split("."))).with_suffix(".py").exists() else mod
+
+
+def test_the_pure_modules_import_only_pure_modules():
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    bad = []
+    for me in sorted(PURE):
+        path = files[me]
+        for line, mod, name in harness_imports(path):
+            dep = _module_of(mod, name)
+            if dep != "harness" and dep not in PURE and not (dep == "harness.checks" and name and
+                                                             f"harness.checks.{name}" in PURE):
+                bad.append(f"{path.relative_to(REPO)}:{line}: imports {dep}, which is not pure")
+        tree = ast.parse(path.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                     and not n.level}
+        bad += [f"{path.relative_to(REPO)}: imports {m}" for m in sorted(imported & (IO_MODULES | IO_THIRD_PARTY))]
+    assert bad == []

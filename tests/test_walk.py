@@ -79,16 +79,6 @@ def test_a_series_as_one_mbox_is_one_step_per_patch_mail(tmp_path):
     assert [p.path.name[:4] for p in walk.flatten([fixture], tmp_path / "w")] == ["0001", "0002", "0003"]
 
 
-def test_the_walk_records_its_command_once(monkeypatch, tmp_path):
-    # cli.main hands walk.run its options without the subcommand, which walk.json's command puts back once
-    from harness import cli
-    seen = {}
-    monkeypatch.setattr(walk, "run", lambda req, argv: seen.setdefault("argv", argv) and 0)
-    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)   # pytest keeps its own handlers
-    cli.main(["walk", "--series", str(DATA / "walk"), "--modes", "shadow", "--results", str(tmp_path)])
-    assert seen["argv"] == ["--series", str(DATA / "walk"), "--modes", "shadow", "--results", str(tmp_path)]
-
-
 def test_two_walks_in_one_second_get_two_directories(tmp_path):
     from harness.report import run_dir
     a, b = run_dir.create(tmp_path, "walk"), run_dir.create(tmp_path, "walk")

@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import pipeline
+from .. import options, pipeline
 from ..errors import EXIT_TEST_FAILED
+from ..inputs import validate_prepare
 from ..lanes import Cell
 from ..perf import phases
 from ..report import run_dir
-from ..request import RunRequest, validate_prepare
+from ..request import RunRequest
 from ..results import PASS
 from ..workloads import Workload
 from . import compare, report
@@ -47,6 +48,7 @@ class ABRequest:
     iterations: int = 3
     max_ratio: dict[str, float] = field(default_factory=dict)
     results_root: Path = Path("results")
+    argv: list[str] = field(default_factory=list)   # the `ab` options that make this request (ab/cli.py)
 
 
 def workloads(req: ABRequest) -> dict[Workload, tuple[int, int]]:
@@ -68,14 +70,23 @@ def _host_cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def run(req: ABRequest, argv: list[str]) -> int:
+def boot_argv(req: RunRequest, ws: dict[Workload, tuple[int, int]], modes: list[str]) -> list[str]:
+    """The boot-test argv that repeats one A/B boot of `req`: the same kernel and guest, its points as
+    --workload-cmd (the same dirty_log_perf_test command lines, as tests kvm.<mode>.cmd.<point>), nothing
+    else run."""
+    points = tuple((w.variant.replace(".", "_"), w.command()) for w in ws)
+    rq = replace(req, modes=modes, plan=replace(req.plan, only=(".cmd.",), commands=points))
+    return ["boot-test", *options.run_argv(rq)]
+
+
+def run(req: ABRequest) -> int:
     """Build both, run every boot, write the report; the exit code (errors.py): 1 when --max-ratio trips
     or a run failed, a run's harness error code when one could not run, 0 otherwise. Raises the build
     stages' HarnessErrors (nothing has booted then)."""
     for kernel_req in (req.base, req.patched):   # bad input is a usage error before the run directory exists
         validate_prepare(kernel_req)
     out = run_dir.create(req.results_root, "ab")   # exclusive: two A/B runs in one second do not collide
-    meta: dict[str, object] = {"command": ["kvm-harness", "ab", *argv], "started": time.time(),
+    meta: dict[str, object] = {"command": ["kvm-harness", "ab", *req.argv], "started": time.time(),
                                "modes": req.modes, "sizes": [compare.size_label(s) for s in req.sizes],
                                "vcpus": req.vcpus, "runs": req.runs, "iterations": req.iterations,
                                "max_ratio": req.max_ratio, "host_cpu": _host_cpu(), "instrumentation": False}
@@ -100,7 +111,7 @@ def run(req: ABRequest, argv: list[str]) -> int:
         for kernel in order:
             log.info("A/B run %d of %d: %s", r + 1, req.runs, kernel)
             rq = replace(reqs[kernel], results_root=out / "runs")
-            outcome = pipeline.boot_test(rq, prepared=prepared[kernel],
+            outcome = pipeline.boot_test(rq, boot_argv(reqs[kernel], ws, req.modes), prepared=prepared[kernel],
                                          cells=[Cell(m, w) for m in req.modes for w in ws],
                                          label=f"ab-{kernel}-{r + 1}")
             codes.append(outcome.exit_code)

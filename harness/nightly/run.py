@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import cache, cache_entries, pipeline
+from ..configreq import ConfigRequest
 from ..errors import EXIT_INFRA, EXIT_TEST_FAILED
-from ..kconfig import ConfigRequest
 from ..request import RunRequest
 from ..workloads import WorkloadPlan
 from . import changes as changes_mod
