@@ -54,8 +54,10 @@ class BuildRequest:
     def key(self) -> str:
         ident = {k: self.workspace.identity.get(k) for k in ("kind", "sha256", "commit")}
         return cache.key_of({"recipe": RECIPE_VERSION, "source": ident,
-                             "series": [[p.sha256 if p.strip == 1 else f"{p.sha256}:-p{p.strip}" for p in s.patches]
-                                        for s in self.series],
+                             # the patches in apply order, however they were grouped into series: a walk step's
+                             # prefix and its reproducer (one --series per patch) are the same kernel
+                             "patches": [p.sha256 if p.strip == 1 else f"{p.sha256}:-p{p.strip}"
+                                         for s in self.series for p in s.patches],
                              "config": kconfig.config_key(self.config)})
 
 

@@ -98,3 +98,19 @@ def test_a_bzimage_without_this_builds_payload_is_refused(tmp_path):
     (boot / "bzImage").write_bytes(b"setup" + b"\x1f\x8b\x08 another kernel" + b"trailer")
     with pytest.raises(BuildError, match="does not carry the kernel just linked"):
         build.check_payload(tmp_path)
+
+
+def test_the_build_key_is_the_patches_in_order_however_they_are_grouped(tmp_path):
+    # a walk step (one series of its prefix's patches) and its reproducer (one --series per patch) build the
+    # same tree, so they are one cache entry; the order and the patches themselves still decide
+    from harness.build import BuildRequest
+    from harness.configreq import ConfigRequest
+    from harness.series import Patch, Series
+    from harness.source import Workspace
+    ws = Workspace(tmp_path, tmp_path, tmp_path, "0" * 40, {"kind": "tarball", "sha256": "ab"})
+    a, b = Patch(tmp_path / "1.patch", "11"), Patch(tmp_path / "2.patch", "22")
+
+    def key(*groups: tuple[Patch, ...]) -> str:
+        return BuildRequest(ws, [Series(f"s{i}", tmp_path, g) for i, g in enumerate(groups)], ConfigRequest("trim")).key()
+    assert key((a, b)) == key((a,), (b,))
+    assert key((a, b)) != key((b, a)) and key((a,)) != key((a, b))

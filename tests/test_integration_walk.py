@@ -5,6 +5,8 @@ than cold builds (an incremental make with ccache: the figure is printed, never 
 """
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 from runs import REPO, kvm_harness
@@ -65,6 +67,25 @@ def test_walk_names_the_mutant_at_the_consistency_stage(walked_mutant):
     # those with part of it are judged on what they have
     assert all(s["outcome"] == "good" for k, s in steps.items() if k != 10), steps
     assert len(steps) <= 10 // 2 + 3, "bisected, not walked"
+
+
+def test_the_bad_steps_reproducer_rebuilds_it_and_fails_it_alone(walked_mutant, tmp_path):
+    # the step's metadata.json names boot-test on its ten patches: run by hand, it is the same kernel (the
+    # build key of the step, from the cache) and the same FAIL
+    _, doc = walked_mutant
+    step = {s["k"]: s for s in doc["steps"]}[10]
+    meta = json.loads((Path(step["run_dir"]) / "metadata.json").read_text())
+    argv = shlex.split(meta["reproducer"])
+    assert argv[:2] == ["kvm-harness", "boot-test"] and argv.count("--series") == 10, argv
+    assert "walk" not in argv
+    r = kvm_harness(*argv[1:], "--results", str(tmp_path / "again"), cwd=tmp_path)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    from runs import load_run
+    _, again, _ = load_run(tmp_path / "again")
+    res = {x["path"]: x["status"] for x in again["results"]}
+    assert res["kvm.shadow.dirty_log_enable_test.consistency"] == "FAIL", res
+    again_meta = json.loads((tmp_path / "again" / "latest" / "metadata.json").read_text())
+    assert again_meta["build"]["key"] == meta["build"]["key"]   # the same kernel, from the cache
 
 
 def test_a_kernel_with_the_tracepoints_but_not_the_dump_skips_its_consistency_cases(tmp_path):

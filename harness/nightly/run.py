@@ -2,7 +2,7 @@
 (pipeline.boot_test: one build per (source, series, config) key, cache-shared), each recorded in the
 history and compared with the previous run of the same combination (changes.py).
 
-Layout: <results>/history.sqlite, and per night <results>/nights/<stamp>/{runs/<one run directory per
+Layout: <results>/history.sqlite, and per night <results>/nights/<stamp>-night-<pid>/{runs/<one run directory per
 combination>, kcidb.json (one submission: every combination's tests, each with its change in misc),
 summary.md}.
 
@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import cache, cache_entries, pipeline
+from .. import cache, cache_entries, options, pipeline
 from ..configreq import ConfigRequest
 from ..errors import EXIT_INFRA, EXIT_TEST_FAILED
+from ..report import run_dir
 from ..request import RunRequest
 from ..workloads import WorkloadPlan
 from . import changes as changes_mod
@@ -37,11 +38,7 @@ def request_for(plan: Plan, combo: Combination, runs_dir: Path) -> tuple[RunRequ
     req = RunRequest(tree=combo.tree.path, tree_ref=combo.tree.ref, series_dirs=list(combo.series.paths),
                      config=ConfigRequest("trim", list(combo.config.fragments)), modes=list(plan.modes),
                      results_root=runs_dir, plan=WorkloadPlan(only=plan.only))
-    argv = ["boot-test", "--tree", str(combo.tree.path), "--ref", combo.tree.ref]
-    argv += [a for p in combo.series.paths for a in ("--series", str(p))] or ["--no-series"]
-    argv += [a for f in combo.config.fragments for a in ("--config", str(f))]
-    argv += ["--modes", ",".join(plan.modes), *[a for o in plan.only for a in ("--only", o)]]
-    return req, argv + ["--results", str(runs_dir)]
+    return req, ["boot-test", *options.run_argv(req)]
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -88,9 +85,9 @@ def summary(stamp: str, rows: list[dict[str, Any]]) -> str:
 
 def run(plan: Plan, results_root: Path) -> int:
     """One night: every combination, recorded; the exit code of the module docstring."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    night_dir = results_root / "nights" / stamp
-    (night_dir / "runs").mkdir(parents=True)
+    night_dir = run_dir.create(results_root / "nights", "night")   # exclusive, as every run's directory
+    stamp = night_dir.name
+    (night_dir / "runs").mkdir()
     history = History(results_root / "history.sqlite")
     night_id = history.start_night(stamp, plan.path, time.time(), night_dir)
     rows: list[dict[str, Any]] = []
