@@ -3,7 +3,7 @@ option or the path (exit 2), before a run directory, a cache entry or a VM exist
 
 from __future__ import annotations
 
-from . import cache, kconfig, schedule, source
+from . import cache, image, kconfig, schedule, source
 from . import series as series_mod
 from .errors import UsageError
 from .modes import MODES
@@ -43,6 +43,9 @@ def validate_prepare(req: PrepareRequest) -> list[series_mod.Series]:
         raise UsageError(f"--ref {req.tree_ref} names a commit of a git tree: give the tree with --tree")
     else:
         source.check_tarball(req.tarball)
+    if not image.RECIPE_DIR.is_dir():
+        raise UsageError(f"no guest image recipe: {image.RECIPE_DIR} is missing (kvm-harness runs from its git"
+                         " checkout, installed with pip install -e)")
     series = [series_mod.load_series(d) for d in req.series_dirs]
     kconfig.validate_config(req.config)
     # not created here: a run refused for any reason leaves no cache behind

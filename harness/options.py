@@ -126,8 +126,11 @@ def request_from(args: argparse.Namespace) -> RunRequest:
         dirs: list[Path] = []
     elif args.series is not None:
         dirs = [s.resolve() for s in args.series]
-    else:
-        dirs = load_default_list() if DEFAULT_LIST.exists() else []
+    elif DEFAULT_LIST.exists():
+        dirs = load_default_list()
+    else:   # never silently the plain kernel: the default series comes with the checkout, not the package
+        raise UsageError(f"no default series: {DEFAULT_LIST} is missing (kvm-harness runs from its git checkout,"
+                         " installed with pip install -e); give --series or --no-series")
     return RunRequest(
         tarball=args.tarball, tree=args.tree, tree_ref=args.ref, series_dirs=dirs,
         config=ConfigRequest(args.config_base, list(args.config)),

@@ -161,3 +161,19 @@ def test_the_readme_synopsis_is_the_parsers():
     assert m.group(1).rstrip("\n") == cli.synopsis(), (
         "README.md's synopsis drifted from the parser: paste the output of\n"
         "  .venv/bin/python -c 'from harness import cli; print(cli.synopsis())'")
+
+
+def test_outside_its_checkout_the_harness_refuses_rather_than_drops_the_series(seen, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(options, "DEFAULT_LIST", tmp_path / "kernel-patches" / "default")
+    assert cli.main(["boot-test"]) == EXIT_USAGE and "req" not in seen
+    assert "no default series" in capsys.readouterr().err
+    assert cli.main(["boot-test", "--no-series"]) == 0   # said explicitly: the plain kernel
+
+
+def test_outside_its_checkout_the_image_recipe_is_refused(monkeypatch, tmp_path):
+    from harness import image, inputs
+    from harness.errors import UsageError
+    monkeypatch.setattr(image, "RECIPE_DIR", tmp_path / "vm-images")
+    monkeypatch.setattr(inputs.source, "check_tarball", lambda path: None)
+    with pytest.raises(UsageError, match="no guest image recipe"):
+        inputs.validate_prepare(RunRequest(series_dirs=[]))
