@@ -1,5 +1,6 @@
-# kvm-harness: boot-test and shell run the `kvm-harness` subcommands; bench, mutation-test,
-# measure and measure-boot run the harness.* modules of the same names; test and lint check the project.
+# kvm-harness: boot-test and shell run the `kvm-harness` subcommands; bench, mutation-test, measure,
+# measure-boot and steady run the development tools in devtools/ (never installed); test and lint check the
+# project.
 # ARGS passes options through, e.g. make boot-test ARGS="--modes shadow --only dirty-ring"
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -35,11 +36,11 @@ integration-test: $(KH)
 
 # Style and errors (ruff), types (mypy, strict over harness/): pyproject.toml configures both.
 lint: $(KH)
-	$(VENV)/bin/ruff check harness tests
-	$(VENV)/bin/mypy harness
+	$(VENV)/bin/ruff check harness devtools tests
+	$(VENV)/bin/mypy harness devtools
 
 bench: $(KH)
-	$(PY) -m harness.bench $(ARGS)
+	$(PY) -m devtools.bench $(ARGS)
 
 $(KH):
 	./scripts/setup.sh
@@ -49,17 +50,17 @@ clean-results:
 
 # Negative controls: every kernel-patches/mutants/* must be reported inconsistent, the clean port not.
 mutation-test: $(KH)
-	$(PY) -m harness.mutation $(ARGS)
+	$(PY) -m devtools.mutation $(ARGS)
 
 # The boot-test figures of the README: cold (empty cache) then warm.
 measure: $(KH)
-	$(PY) -m harness.measure --cold $(ARGS)
+	$(PY) -m devtools.measure --cold $(ARGS)
 
 # QEMU start to SSH ready over 5 boots of the cached kernel.
 measure-boot: $(KH)
-	$(PY) -m harness.measure --boots 5 $(ARGS)
+	$(PY) -m devtools.measure --boots 5 $(ARGS)
 
 # Does the default matrix pass every time here? N consecutive boot-tests, flaky and livelocked tests listed
 # (docs/steady.md): make steady ARGS="--runs 10".
 steady: $(KH)
-	$(PY) -m harness.steady $(ARGS)
+	$(PY) -m devtools.steady $(ARGS)

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from checkers import check_both, columnar_verdict
 
+from devtools.synth import DEFAULT_MASKS as M
+from devtools.synth import generate
 from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
 from harness.checks.files import check_files, trace_dat_columns
-from harness.checks.synth import DEFAULT_MASKS as M
-from harness.checks.synth import generate
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, TraceStats, WpAllEvent, WpLoadEvent, parse_trace
 from harness.checks.tracedat import events_from_columns
 from harness.results import PASS
@@ -51,7 +51,7 @@ def _fresh(capture: tuple[list[Snapshot], list[AnyEvent]]) -> tuple[list[Snapsho
 
 
 def synthetic() -> tuple[list[Snapshot], list[AnyEvent]]:
-    """A synthetic capture (harness.checks.synth)."""
+    """A synthetic capture (devtools.synth)."""
     return _fresh(_synthetic())
 
 
@@ -197,7 +197,7 @@ def test_another_vms_wp_event_does_not_end_a_loads_check() -> None:
 
 
 def test_bench_run_compares_both_checkers_on_a_runs_captures(tmp_path: Path, capsys) -> None:
-    from harness.bench import compare_run
+    from devtools.bench import compare_run
 
     cap = tmp_path / "capture" / "kvm.shadow.dirty_log_enable_test"
     (cap / "snapshots").mkdir(parents=True)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from checkers import check_both
 
+from devtools.synth import DEFAULT_MASKS, format_dump, generate
 from harness.checks.consistency import Inconsistency, Verdict
 from harness.checks.debugfs import Masks, ShadowPage, Snapshot, decode_role, parse_dump
 from harness.checks.files import check_files
-from harness.checks.synth import DEFAULT_MASKS, format_dump, generate
 from harness.checks.trace import PageEvent, SpteEvent, parse_trace
 
 DATA = Path(__file__).parent / "data" / "checks"
@@ -363,7 +363,7 @@ def test_free_of_untraced_page_is_error_and_spt_reusable() -> None:
 
 
 def test_bench_runs_on_a_small_capture(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.bench import main
+    from devtools.bench import main
     assert main(["--events", "3000", "--pages", "20"]) == 0
     out = capsys.readouterr().out
     assert "events/s" in out and "verdict: PASS" in out

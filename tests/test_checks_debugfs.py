@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.synth import format_dump
 from harness.checks.consistency import check_snapshot
 from harness.checks.debugfs import (
     ROLE_FIELDS,
@@ -17,7 +18,6 @@ from harness.checks.debugfs import (
     decode_role,
     parse_dump,
 )
-from harness.checks.synth import format_dump
 
 
 def role_field(word: int, name: str) -> int:

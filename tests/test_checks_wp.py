@@ -16,10 +16,10 @@ from pathlib import Path
 
 from checkers import check_both
 
+from devtools.synth import DEFAULT_MASKS as M
 from harness.checks.consistency import Verdict, check_snapshot
 from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
 from harness.checks.files import check_files, trace_dat_lines
-from harness.checks.synth import DEFAULT_MASKS as M
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, WpRootEvent, parse_trace
 
 VM = 0xFFFF888004A3C000

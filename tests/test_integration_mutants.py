@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_wrong_index_mutant_is_caught_and_clean_port_passes(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "harness.mutation", "--results", str(tmp_path / "mutation"),
+    r = subprocess.run([sys.executable, "-m", "devtools.mutation", "--results", str(tmp_path / "mutation"),
                         "--mutant", "wrong-index", "--modes", "shadow"], cwd=tmp_path,
                        env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, timeout=3600)

@@ -4,6 +4,7 @@ and the checker's parsers do no I/O (the library issue's must-show, kept true by
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -11,7 +12,7 @@ PACKAGE = REPO / "harness"
 MAX_MODULE_LINES = 350
 # The checker's modules that are pure over text and values; files.py is the one that reads files.
 PURE_CHECKS = ("columnar", "consistency", "debugfs", "dumpcols", "findings", "health", "livelock", "replay",
-               "ringbuf", "synth", "trace", "tracedat", "tracefile", "wpcols", "wpreplay", "pagestate", "sysrq")
+               "ringbuf", "trace", "tracedat", "tracefile", "wpcols", "wpreplay", "pagestate", "sysrq")
 IO_MODULES = {"os", "subprocess", "shutil", "tempfile", "gzip", "lzma", "harness.proc"}
 
 
@@ -58,7 +59,8 @@ def private_uses(path: Path) -> list[str]:
 
 
 def test_no_module_or_test_uses_another_modules_private_names():
-    files = sorted(PACKAGE.rglob("*.py")) + sorted((REPO / "tests").glob("*.py"))
+    files = [*sorted(PACKAGE.rglob("*.py")), *sorted((REPO / "tests").glob("*.py")),
+             *sorted((REPO / "devtools").glob("*.py"))]
     bad = [b for f in files for b in private_uses(f)]
     assert bad == []
 
@@ -136,4 +138,10 @@ def test_the_pure_modules_import_only_pure_modules():
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
                      and not n.level}
         bad += [f"{path.relative_to(REPO)}: imports {m}" for m in sorted(imported & (IO_MODULES | IO_THIRD_PARTY))]
+    assert bad == []
+
+
+def test_the_installed_package_never_imports_the_development_tools():
+    bad = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
+           if re.search(r"^\s*(from|import) devtools\b", p.read_text(), re.M)]
     assert bad == []

@@ -1,4 +1,4 @@
-"""`make steady` (harness/steady.py) on kept run directories: the table it prints, without a kernel."""
+"""`make steady` (devtools/steady.py) on kept run directories: the table it prints, without a kernel."""
 
 import json
 import shutil
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import steady
+from devtools import steady
 
 REAL = Path(__file__).parent / "data" / "real" / "livelock"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.synth import generate
+from devtools.synth_dat import write_trace_dat
 from harness import capture
 from harness.checks.files import check_files, is_trace_dat, trace_dat_events, trace_dat_lines
-from harness.checks.synth import generate
-from harness.checks.synth_dat import write_trace_dat
 from harness.checks.trace import (
     AnyEvent,
     PageEvent,

@@ -110,7 +110,7 @@ def open_text(path: Path) -> IO[str]:
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while millions of small acyclic event objects are built: it finds no garbage
-    there, and its passes over the growing list cost ~20% of the parse (measured by harness.bench)."""
+    there, and its passes over the growing list cost ~20% of the parse (measured by devtools.bench)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

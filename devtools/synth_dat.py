@@ -1,4 +1,4 @@
-"""A trace.dat (version 6, uncompressed) written from events, for the tests and `harness.bench`.
+"""A trace.dat (version 6, uncompressed) written from events, for the tests and `devtools.bench`.
 
 The layout is the one `tracedat.decode` reads (trace-cmd.dat.v6(5) and the ring buffer pages of
 kbuffer-parse.c); the event formats are those of a real 6.12 kernel with the instrumentation (copied from

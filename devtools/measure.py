@@ -51,7 +51,7 @@ def boots(n: int, mode: str, results: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.measure", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m devtools.measure", description=__doc__)
     ap.add_argument("--boots", type=int, default=0, help="only measure QEMU start to SSH ready over N boots")
     ap.add_argument("--mode", default="tdp_mmu", help="MMU mode for --boots")
     ap.add_argument("--cold", action="store_true", help="first run on an empty cache root (a full cold build)")

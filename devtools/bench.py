@@ -1,4 +1,4 @@
-"""Benchmark of the pw-bitmap checker on a synthetic capture: `python -m harness.bench [--events N] [--pages N]`;
+"""Benchmark of the pw-bitmap checker on a synthetic capture: `python -m devtools.bench [--events N] [--pages N]`;
 with `--run DIR`, both checkers on every capture of a real run, timed and compared.
 
 The end-to-end figure is the one a run pays: from a trace.dat as the guest writes it (version 7, zstd:
@@ -9,7 +9,7 @@ decoded to columns, the dumps read to columns, the columnar check (checks/README
 Why: a real run traces millions of spte changes and dumps thousands of pages; the check must stay a small
 part of a run. Each stage is timed separately (the object path's text parse, replay and dump parse; the
 columnar path's decode, dump parse and check; the whole check_files) so a slow figure points at its stage.
-The data come from harness.checks.synth with a fixed seed and are checked for PASS first: a benchmark of
+The data come from devtools.synth with a fixed seed and are checked for PASS first: a benchmark of
 input the checker rejects would measure nothing. Synthetic captures model no write-protect-all: the
 trace.dat ends with one enable, so that the columnar checker's write-protect-all loop walks the ~11% of events
 it concerns, and the real capture in tests/data/real/shadow-enable-test-roots (when at hand) is timed too.
@@ -31,14 +31,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from devtools.synth import SynthCapture, generate
+from devtools.synth_dat import write_trace_dat
 from harness.checks.columnar import check_capture_columns
 from harness.checks.consistency import check, check_snapshot
 from harness.checks.debugfs import parse_dump
 from harness.checks.dumpcols import parse_dump_columns
 from harness.checks.files import check_files, gc_paused, read_capture, trace_dat_columns
 from harness.checks.findings import Verdict
-from harness.checks.synth import SynthCapture, generate
-from harness.checks.synth_dat import write_trace_dat
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, TraceStats, WpAllEvent, WpLoadEvent, parse_trace
 from harness.checks.tracedat import events_from_columns
 from harness.results import PASS
@@ -57,7 +57,7 @@ def _timed(fn: Callable[[], T]) -> tuple[T, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000, help="trace events to generate (default 1e6)")
     ap.add_argument("--pages", type=int, default=10_000, help="pages in the big VM's dump (default 10000)")
     ap.add_argument("--fill", type=float, default=None,

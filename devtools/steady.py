@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checks import livelock
+from harness.checks import livelock
 
 
 def _run(args: list[str], results: Path) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def notable(results: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.steady", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m devtools.steady", description=__doc__)
     ap.add_argument("--runs", type=int, default=10, help="consecutive boot-tests (default 10)")
     ap.add_argument("--results", type=Path, default=Path("results/steady"))
     ap.add_argument("--report", type=Path, nargs="+", metavar="RUN_DIR",

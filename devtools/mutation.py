@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import Status
-from .series import load_default_list
+from harness.results import Status
+from harness.series import load_default_list
 
 REPO = Path(__file__).resolve().parent.parent
 MUTANTS = REPO / "kernel-patches" / "mutants"
@@ -73,7 +73,7 @@ def run_one(name: str, extra: list[Path], results: Path, opts: list[str]) -> Out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.mutation", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m devtools.mutation", description=__doc__)
     ap.add_argument("--results", type=Path, default=Path("results/mutation"))
     ap.add_argument("--mutant", action="append", default=[], help="only these mutants (directory names)")
     ap.add_argument("--modes", default="shadow,tdp_legacy")

@@ -1,6 +1,6 @@
 """Synthetic, self-consistent captures: a small simulation of the kernel side of FORMAT.md v1.
 
-Shared by the tests and `harness.bench`, so the benchmark measures exactly the input the checker accepts
+Shared by the tests and `devtools.bench`, so the benchmark measures exactly the input the checker accepts
 (a synthetic capture must give PASS). It models what the instrumented mmu.c does: shadow pages allocated
 and freed (spt addresses reused), sptes faulted in, zapped, write-protected and made writable again, one
 event per change of possibly-writable state, and dumps taken at a seq. It is not a model of KVM's policy.
