@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.checks import livelock
+from harness.guestcheck import livelock
 
 
 def _run(args: list[str], results: Path) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import paramiko
 
 from . import proc
-from .checks.health import PANIC_RE, last_line, panic_excerpt
 from .errors import BootError, GuestError
+from .guestcheck.health import PANIC_RE, last_line, panic_excerpt
 from .results import RunResult
 from .vm import VM
 

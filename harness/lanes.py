@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import capture, proc, schedule, verdicts, watchdog
-from .checks import livelock
 from .checks.files import check_files
 from .errors import BootError, GuestError, Interrupted
 from .evidence import Captured
+from .guestcheck import livelock
 from .modes import MODES, MmuMode
 from .prepare import Prepared
 from .request import RunOptions

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .checks import livelock
 from .configreq import BASES, ConfigRequest
 from .errors import UsageError
+from .guestcheck import livelock
 from .modes import MODES
 from .request import RunRequest
 from .series import DEFAULT_LIST, load_default_list

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import livelock
 from .configreq import ConfigRequest
 from .evidence import CaptureSettings
+from .guestcheck import livelock
 from .modes import DEFAULT_MODES
 from .vmspec import VMSpec
 from .workloads import WorkloadPlan

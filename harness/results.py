@@ -25,7 +25,7 @@ PASS, FAIL, ERROR, SKIP = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP
 
 # Why a test did not simply run to its end: read by the retry policy, the lanes (a fresh VM after a
 # timeout, a livelock or a lost guest) and the exit code (a boot failure is exit 7, other errors exit 8).
-# "livelock": the watchdog (checks/livelock.py) stopped a test whose vCPUs faulted without progress.
+# "livelock": the watchdog (guestcheck/livelock.py) stopped a test whose vCPUs faulted without progress.
 Failure = Literal["timeout", "guest_lost", "boot", "health", "livelock"]
 
 

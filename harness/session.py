@@ -16,10 +16,10 @@ from pathlib import Path
 
 from . import forensics, proc
 from . import vm as vm_mod
-from .checks import health
 from .errors import HarnessError
 from .evidence import safe_name
 from .guest import Guest
+from .guestcheck import health
 from .modes import FACTS_SCRIPT, MmuMode, ModeFacts, parse_facts
 from .prepare import Prepared
 from .request import RunOptions

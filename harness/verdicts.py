@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .checks import health, sysrq
 from .checks.findings import Verdict
-from .checks.livelock import Livelock, Repeat
 from .evidence import Captured, safe_name
+from .guestcheck import health, sysrq
+from .guestcheck.livelock import Livelock, Repeat
 from .modes import MmuMode, ModeFacts
 from .perf import phases as perf_phases
 from .results import ERROR, FAIL, PASS, SKIP, RunResult, TestResult

@@ -21,8 +21,8 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import proc
-from .checks.health import printable
 from .errors import InfraError, UsageError
+from .guestcheck.health import printable
 from .vmspec import Accel, VMSpec
 
 log = logging.getLogger("kvm-harness")

@@ -1,4 +1,4 @@
-"""The livelock watchdog of a running workload: the I/O around checks/livelock.py.
+"""The livelock watchdog of a running workload: the I/O around guestcheck/livelock.py.
 
 Guest.run calls a FaultWatch every few seconds while the workload runs. Each call samples the guest
 KVM's counters over a second SSH channel of the same connection (one short command, ~0.1 s of the
@@ -15,9 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-from .checks import livelock
 from .errors import GuestError, Interrupted
 from .guest import Guest
+from .guestcheck import livelock
 
 log = logging.getLogger("kvm-harness")
 

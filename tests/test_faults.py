@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from harness import build, cache, cli, forensics, kconfig, kconfig_tree, proc, series, source, vm
-from harness.checks.health import last_line, panic_excerpt, printable
 from harness.errors import ApplyError, ConfigError, Interrupted, UsageError, exit_code_for
+from harness.guestcheck.health import last_line, panic_excerpt, printable
 from harness.inputs import validate
 from harness.report import ktap
 from harness.report import run_dir as run_dir_mod

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks import health
+from harness.guestcheck import health
 
 WARN = """[   12.345678] ------------[ cut here ]------------
 [   12.345679] WARNING: CPU: 1 PID: 123 at arch/x86/kvm/mmu/mmu.c:1234 mmu_spte_set+0x50/0x60

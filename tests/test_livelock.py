@@ -1,4 +1,4 @@
-"""The livelock watchdog's judgement (harness/checks/livelock.py) and what the run makes of it (verdicts):
+"""The livelock watchdog's judgement (harness/guestcheck/livelock.py) and what the run makes of it (verdicts):
 no VM. Real samples come from the guests' /sys/kernel/debug/kvm of real runs (tests/data/real/livelock/)."""
 
 import gzip
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.livelock import (
+from harness.guest import RunResult
+from harness.guestcheck.livelock import (
     Livelock,
     Policy,
     Repeat,
@@ -20,7 +21,6 @@ from harness.checks.livelock import (
     resolve,
     samples_of,
 )
-from harness.guest import RunResult
 from harness.modes import MODES
 from harness.results import FAIL, PASS, TestResult
 from harness.verdicts import Observation, livelock_retry, merge_attempts, workload_verdict
@@ -184,7 +184,7 @@ def test_a_tests_counter_growth_ignores_the_drop_of_a_destroyed_vm():
 
 
 def test_the_longest_stretch_without_progress_is_measured_whatever_its_length():
-    from harness.checks.livelock import longest_quiet
+    from harness.guestcheck.livelock import longest_quiet
     samples = [_s(0, 0, io=1), _s(2, 500, io=1), _s(4, 900, io=1), _s(6, 1000, io=2), _s(8, 1500, io=2)]
     q = longest_quiet(samples)
     assert q is not None and q.seconds == 4 and q.delta["pf_taken"] == 900
@@ -237,7 +237,7 @@ def test_the_exit_loop_caught_in_tdp_mmu_is_an_npf_with_the_reserved_bit_on_a_gu
 
 
 def test_the_event_being_delivered_is_decoded_as_svm_and_vmx_both_lay_it_out():
-    from harness.checks.livelock import delivering
+    from harness.guestcheck.livelock import delivering
     assert delivering(0x80000b0e, 0x10) == "#PF (error code 0x10)"
     assert delivering(0x80000b0d, 0) == "#GP (error code 0x0)"
     assert delivering(0x80000020, 0) == "interrupt 32" and delivering(0x80000202, 0) == "NMI 2"

@@ -1,10 +1,10 @@
-"""Where a stopped test's threads were (harness/checks/sysrq.py), on real sysrq-t/-w dumps of this project's
+"""Where a stopped test's threads were (harness/guestcheck/sysrq.py), on real sysrq-t/-w dumps of this project's
 forensics (tests/data/real/sysrq, 6.12 guests under TCG, 2026-12-03)."""
 
 import gzip
 from pathlib import Path
 
-from harness.checks.sysrq import tasks, where
+from harness.guestcheck.sysrq import tasks, where
 
 REAL = Path(__file__).parent / "data" / "real" / "sysrq"
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from harness import capture
 from harness.checks.findings import Verdict, new_counts
-from harness.checks.health import scan
 from harness.errors import exit_code_for
 from harness.guest import RunResult
+from harness.guestcheck.health import scan
 from harness.modes import MODES, parse_facts
 from harness.report import ktap
 from harness.results import ERROR, FAIL, PASS, SKIP, TestResult

@@ -27,8 +27,8 @@ from harness.checks.findings import (
     set_bits,
 )
 from harness.checks.replay import Replay
+from harness.checks.spte import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, format_event, where
-from harness.checks.wpreplay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.results import ERROR, FAIL, PASS, SKIP
 
 RECENT_EVENTS = 6  # trace events shown per inconsistency

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from harness.checks.dumpcols import DumpColumns
+from harness.checks.spte import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.checks.tracedat import ALLOC, FREE, SPTE, WP_ALL, WP_LOAD, WP_ROOT, EventColumns
-from harness.checks.wpreplay import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 
 I64 = npt.NDArray[np.int64]
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from harness.checks.findings import Findings, Inconsistency, set_bits
 from harness.checks.pagestate import PageState
+from harness.checks.spte import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
 from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, WpRootEvent, where
-
-PT_PAGE_SIZE_MASK = 1 << 7  # a huge leaf spte (arch/x86/kvm/mmu/spte.h); the same bit in every spte format
-SPTE_BASE_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF  # SPTE_BASE_ADDR_MASK (spte.h), physical address bits 51:12
 
 
 class Load:
