@@ -53,3 +53,22 @@ def test_write_protect_all_makes_the_enable_cheaper(ab):
     # the gate held (exit 0 with --max-ratio enable_dirty_logging=1.0); its slope is the base's alone
     fits = next(s for s in doc["scaling"] if s["phase"] == "enable_dirty_logging")["fits"]
     assert fits["base"]["s_per_gib"] > fits["patched"]["s_per_gib"]
+
+
+def test_an_ab_boots_reproducer_runs_the_same_points_on_the_same_kernel(ab, tmp_path):
+    # each boot's metadata.json names boot-test on that kernel with its points as --workload-cmd: run by
+    # hand, the same build (from the cache) and the same dirty_log_perf_test command lines, each a PASS
+    import shlex
+    from pathlib import Path
+    _, out = ab
+    boot = sorted((out / "runs").glob("*-ab-patched-*"))[0]
+    meta = json.loads((boot / "metadata.json").read_text())
+    argv = shlex.split(meta["reproducer"])
+    assert argv[:2] == ["kvm-harness", "boot-test"] and argv.count("--workload-cmd") == 2, argv
+    r = kvm_harness(*argv[1:], "--results", str(tmp_path / "again"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    again = json.loads((Path(tmp_path / "again" / "latest") / "metadata.json").read_text())
+    assert again["build"]["key"] == meta["build"]["key"]
+    doc = json.loads((tmp_path / "again" / "latest" / "harness-results.json").read_text())
+    ran = {x["path"]: x["status"] for x in doc["results"] if ".cmd." in x["path"]}
+    assert ran == {"kvm.shadow.cmd.32M-1vcpu": "PASS", "kvm.shadow.cmd.64M-1vcpu": "PASS"}, ran
