@@ -33,14 +33,22 @@ from typing import TypeVar
 
 from devtools.synth import SynthCapture, generate
 from devtools.synth_dat import write_trace_dat
-from harness.checks.columnar import check_capture_columns
-from harness.checks.consistency import check, check_snapshot
-from harness.checks.debugfs import parse_dump
-from harness.checks.dumpcols import parse_dump_columns
+from harness.checks.fast.columnar import check_capture_columns
 from harness.checks.files import check_files, gc_paused, read_capture, trace_dat_columns
-from harness.checks.findings import Verdict
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, TraceStats, WpAllEvent, WpLoadEvent, parse_trace
-from harness.checks.tracedat import events_from_columns
+from harness.checks.parsers.debugfs import parse_dump
+from harness.checks.parsers.dumpcols import parse_dump_columns
+from harness.checks.parsers.trace import (
+    AnyEvent,
+    PageEvent,
+    SpteEvent,
+    TraceStats,
+    WpAllEvent,
+    WpLoadEvent,
+    parse_trace,
+)
+from harness.checks.parsers.tracedat import events_from_columns
+from harness.checks.reference.consistency import check, check_snapshot
+from harness.checks.reference.findings import Verdict
 from harness.results import PASS
 
 T = TypeVar("T")

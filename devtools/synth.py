@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from harness.checks.debugfs import HEADER, HEADER_V2, Masks, ShadowPage, Snapshot
-from harness.checks.trace import PageEvent, SpteEvent, format_event
+from harness.checks.parsers.debugfs import HEADER, HEADER_V2, Masks, ShadowPage, Snapshot
+from harness.checks.parsers.trace import PageEvent, SpteEvent, format_event
 
 # x86-64 6.12 with NPT or shadow paging (AMD, this project's machines): SPTE_MMU_PRESENT_MASK = BIT(11),
 # PT_WRITABLE_MASK = BIT(1), DEFAULT_SPTE_MMU_WRITABLE = BIT(10), SHADOW_NONPRESENT_VALUE = BIT(63).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent
+from harness.checks.parsers.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent
 
 PAGE_SIZE = 4096
 _COMMON = ("\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .checks.findings import Verdict
+from .checks.reference.findings import Verdict
 from .evidence import Captured, safe_name
 from .guestcheck import health, sysrq
 from .guestcheck.livelock import Livelock, Repeat

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 
 from devtools.synth import format_dump
 from devtools.synth_dat import write_trace_dat
-from harness.checks.columnar import check_capture_columns
-from harness.checks.consistency import check
-from harness.checks.debugfs import Snapshot
-from harness.checks.findings import WP_COUNT_KEYS, Verdict
-from harness.checks.trace import AnyEvent, TraceStats, format_event
-from harness.checks.tracedat import decode_columns, events_from_columns
+from harness.checks.fast.columnar import check_capture_columns
+from harness.checks.parsers.debugfs import Snapshot
+from harness.checks.parsers.trace import AnyEvent, TraceStats, format_event
+from harness.checks.parsers.tracedat import decode_columns, events_from_columns
+from harness.checks.reference.consistency import check
+from harness.checks.reference.findings import WP_COUNT_KEYS, Verdict
 from harness.results import PASS
 
 

@@ -22,10 +22,18 @@ from checkers import check_both, columnar_verdict
 
 from devtools.synth import DEFAULT_MASKS as M
 from devtools.synth import generate
-from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
 from harness.checks.files import check_files, trace_dat_columns
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, TraceStats, WpAllEvent, WpLoadEvent, parse_trace
-from harness.checks.tracedat import events_from_columns
+from harness.checks.parsers.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
+from harness.checks.parsers.trace import (
+    AnyEvent,
+    PageEvent,
+    SpteEvent,
+    TraceStats,
+    WpAllEvent,
+    WpLoadEvent,
+    parse_trace,
+)
+from harness.checks.parsers.tracedat import events_from_columns
 from harness.results import PASS
 
 REAL = Path(__file__).parent / "data" / "real" / "shadow-enable-test"

@@ -13,10 +13,10 @@ import pytest
 from checkers import check_both
 
 from devtools.synth import DEFAULT_MASKS, format_dump, generate
-from harness.checks.consistency import Inconsistency, Verdict
-from harness.checks.debugfs import Masks, ShadowPage, Snapshot, decode_role, parse_dump
 from harness.checks.files import check_files
-from harness.checks.trace import PageEvent, SpteEvent, parse_trace
+from harness.checks.parsers.debugfs import Masks, ShadowPage, Snapshot, decode_role, parse_dump
+from harness.checks.parsers.trace import PageEvent, SpteEvent, parse_trace
+from harness.checks.reference.consistency import Inconsistency, Verdict
 
 DATA = Path(__file__).parent / "data" / "checks"
 M = DEFAULT_MASKS  # present=0x800 writable=0x2 mmu_writable=0x400 nonpresent=1<<63

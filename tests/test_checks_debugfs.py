@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from devtools.synth import format_dump
-from harness.checks.consistency import check_snapshot
-from harness.checks.debugfs import (
+from harness.checks.parsers.debugfs import (
     ROLE_FIELDS,
     DumpFormatError,
     Masks,
@@ -18,6 +17,7 @@ from harness.checks.debugfs import (
     decode_role,
     parse_dump,
 )
+from harness.checks.reference.consistency import check_snapshot
 
 
 def role_field(word: int, name: str) -> int:

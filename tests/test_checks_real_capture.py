@@ -10,10 +10,10 @@ events; this prefix keeps the sample small).
 import gzip
 from pathlib import Path
 
-from harness.checks.consistency import check
-from harness.checks.debugfs import parse_dump
 from harness.checks.files import check_files
-from harness.checks.trace import PageEvent, SpteEvent, parse_trace
+from harness.checks.parsers.debugfs import parse_dump
+from harness.checks.parsers.trace import PageEvent, SpteEvent, parse_trace
+from harness.checks.reference.consistency import check
 
 REAL = Path(__file__).parent / "data" / "real"
 DUMP = REAL / "shadow-dirty-log.pw_sptes.txt.gz"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks.trace import (
+from harness.checks.parsers.trace import (
     PageEvent,
     SpteEvent,
     TraceFormatError,

@@ -17,10 +17,18 @@ from pathlib import Path
 from checkers import check_both
 
 from devtools.synth import DEFAULT_MASKS as M
-from harness.checks.consistency import Verdict, check_snapshot
-from harness.checks.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
 from harness.checks.files import check_files, trace_dat_lines
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, WpRootEvent, parse_trace
+from harness.checks.parsers.debugfs import ShadowPage, Snapshot, WpAll, parse_dump
+from harness.checks.parsers.trace import (
+    AnyEvent,
+    PageEvent,
+    SpteEvent,
+    WpAllEvent,
+    WpLoadEvent,
+    WpRootEvent,
+    parse_trace,
+)
+from harness.checks.reference.consistency import Verdict, check_snapshot
 
 VM = 0xFFFF888004A3C000
 PAGE_OFFSET = 0xFFFF888000000000
@@ -226,7 +234,7 @@ def test_a_root_event_reads_back_from_its_trace_line() -> None:
             " vcpu=3 spt=0xff1100000a16f000 gfn=0x0 role=0x1704 level=4 root_gen=0x1 gen=0x1 count=1\n")
     (e,) = list(parse_trace([line]))
     assert e == WpRootEvent(0x1C9, 0xFFA0000000045000, 3, 0xFF1100000A16F000, 0, 0x1704, 4, 1, 1, 1, 1)
-    from harness.checks.trace import format_event
+    from harness.checks.parsers.trace import format_event
     assert line.split(": ", 1)[1].strip() == format_event(e)
 
 

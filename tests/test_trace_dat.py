@@ -15,7 +15,7 @@ from devtools.synth import generate
 from devtools.synth_dat import write_trace_dat
 from harness import capture
 from harness.checks.files import check_files, is_trace_dat, trace_dat_events, trace_dat_lines
-from harness.checks.trace import (
+from harness.checks.parsers.trace import (
     AnyEvent,
     PageEvent,
     SpteEvent,
@@ -26,7 +26,7 @@ from harness.checks.trace import (
     format_event,
     parse_trace,
 )
-from harness.checks.tracedat import decode
+from harness.checks.parsers.tracedat import decode
 from harness.lanes import check_capture
 from harness.modes import MODES
 

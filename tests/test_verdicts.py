@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from harness import capture
-from harness.checks.findings import Verdict, new_counts
+from harness.checks.reference.findings import Verdict, new_counts
 from harness.errors import exit_code_for
 from harness.guest import RunResult
 from harness.guestcheck.health import scan

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness import proc
-from harness.checks.columnar import check_capture_columns
-from harness.checks.consistency import check
-from harness.checks.debugfs import DumpFormatError, parse_dump
-from harness.checks.findings import Verdict, new_counts
-from harness.checks.trace import AnyEvent, TraceFormatError, TraceStats, parse_trace
-from harness.checks.tracedat import EventColumns, decode_columns, events_from_columns
-from harness.checks.tracefile import MAGIC
+from harness.checks.fast.columnar import check_capture_columns
+from harness.checks.parsers.debugfs import DumpFormatError, parse_dump
+from harness.checks.parsers.trace import AnyEvent, TraceFormatError, TraceStats, parse_trace
+from harness.checks.parsers.tracedat import EventColumns, decode_columns, events_from_columns
+from harness.checks.parsers.tracefile import MAGIC
+from harness.checks.reference.consistency import check
+from harness.checks.reference.findings import Verdict, new_counts
 from harness.results import ERROR
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from harness.checks.trace import TraceFormatError
+from harness.checks.parsers.trace import TraceFormatError
 
 MAGIC = b"\x17\x08\x44tracing"
 SYSTEM = "kvmmmu"

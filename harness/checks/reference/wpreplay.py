@@ -4,10 +4,10 @@ pages above level 1, and on the events that follow a load."""
 
 from __future__ import annotations
 
-from harness.checks.findings import Findings, Inconsistency, set_bits
-from harness.checks.pagestate import PageState
+from harness.checks.parsers.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, WpRootEvent, where
+from harness.checks.reference.findings import Findings, Inconsistency, set_bits
+from harness.checks.reference.pagestate import PageState
 from harness.checks.spte import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, WpLoadEvent, WpRootEvent, where
 
 
 class Load:

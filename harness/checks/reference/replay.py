@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from operator import attrgetter
 
-from harness.checks.debugfs import Masks, ShadowPage, Snapshot, decode_role
-from harness.checks.findings import CaptureFaults, Findings, Inconsistency, page_inconsistency, set_bits
-from harness.checks.pagestate import PageState
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpLoadEvent, WpRootEvent, where
-from harness.checks.wpreplay import Load, WriteProtectAllRules
+from harness.checks.parsers.debugfs import Masks, ShadowPage, Snapshot, decode_role
+from harness.checks.parsers.trace import AnyEvent, PageEvent, SpteEvent, WpLoadEvent, WpRootEvent, where
+from harness.checks.reference.findings import CaptureFaults, Findings, Inconsistency, page_inconsistency, set_bits
+from harness.checks.reference.pagestate import PageState
+from harness.checks.reference.wpreplay import Load, WriteProtectAllRules
 
 _NO_SEQ = 1 << 64  # beyond any seq
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from operator import attrgetter
 
-from harness.checks.debugfs import Masks, Snapshot
-from harness.checks.findings import (
+from harness.checks.parsers.debugfs import Masks, Snapshot
+from harness.checks.parsers.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, format_event, where
+from harness.checks.reference.findings import (
     CaptureFaults,
     Findings,
     Inconsistency,
@@ -26,9 +27,8 @@ from harness.checks.findings import (
     page_inconsistency,
     set_bits,
 )
-from harness.checks.replay import Replay
+from harness.checks.reference.replay import Replay
 from harness.checks.spte import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
-from harness.checks.trace import AnyEvent, PageEvent, SpteEvent, WpAllEvent, format_event, where
 from harness.results import ERROR, FAIL, PASS, SKIP
 
 RECENT_EVENTS = 6  # trace events shown per inconsistency

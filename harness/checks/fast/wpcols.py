@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from harness.checks.dumpcols import DumpColumns
+from harness.checks.parsers.dumpcols import DumpColumns
+from harness.checks.parsers.tracedat import ALLOC, FREE, SPTE, WP_ALL, WP_LOAD, WP_ROOT, EventColumns
 from harness.checks.spte import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
-from harness.checks.tracedat import ALLOC, FREE, SPTE, WP_ALL, WP_LOAD, WP_ROOT, EventColumns
 
 I64 = npt.NDArray[np.int64]
 

@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from harness.checks.ringbuf import RingBufferError, find_records
-from harness.checks.trace import (
+from harness.checks.parsers.ringbuf import RingBufferError, find_records
+from harness.checks.parsers.trace import (
     AnyEvent,
     PageEvent,
     SpteEvent,
@@ -37,7 +37,7 @@ from harness.checks.trace import (
     WpLoadEvent,
     WpRootEvent,
 )
-from harness.checks.tracefile import EventFormat, read_trace
+from harness.checks.parsers.tracefile import EventFormat, read_trace
 
 # The fields each event class is built from, in the class's argument order (FORMAT.md; mmutrace.h).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {

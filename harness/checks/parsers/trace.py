@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from harness.checks.findings import WP_COUNT_KEYS
+from harness.checks.reference.findings import WP_COUNT_KEYS
 
 SPTE_EVENT = "kvm_mmu_pw_spte: "
 PAGE_EVENT = "kvm_mmu_pw_page: "

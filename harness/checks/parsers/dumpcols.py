@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from harness.checks.debugfs import END_RE, PAGE_RE, SP_ENTRIES, DumpFormatError, Masks, WpAll, parse_header
+from harness.checks.parsers.debugfs import END_RE, PAGE_RE, SP_ENTRIES, DumpFormatError, Masks, WpAll, parse_header
 
 _HEX_LUT = np.full(256, 255, np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):

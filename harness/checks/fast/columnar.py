@@ -26,12 +26,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from harness.checks.dumpcols import DumpColumns, parse_dump_columns
-from harness.checks.findings import Verdict, describe_counts, new_counts
+from harness.checks.fast.wpcols import WpReplay
+from harness.checks.parsers.dumpcols import DumpColumns, parse_dump_columns
+from harness.checks.parsers.trace import TraceStats
+from harness.checks.parsers.tracedat import ALLOC, FREE, SPTE, WP_ALL, EventColumns
+from harness.checks.reference.findings import Verdict, describe_counts, new_counts
 from harness.checks.spte import PT_PAGE_SIZE_MASK, SPTE_BASE_ADDR_MASK
-from harness.checks.trace import TraceStats
-from harness.checks.tracedat import ALLOC, FREE, SPTE, WP_ALL, EventColumns
-from harness.checks.wpcols import WpReplay
 from harness.results import PASS
 
 I64 = npt.NDArray[np.int64]

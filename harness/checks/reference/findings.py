@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from harness.checks.debugfs import ShadowPage, decode_role
+from harness.checks.parsers.debugfs import ShadowPage, decode_role
 from harness.results import Status
 
 MAX_ERRORS_SHOWN = 5  # capture faults named in the reason (all are counted)
