@@ -3,23 +3,65 @@ option or the path (exit 2), before a run directory, a cache entry or a VM exist
 
 from __future__ import annotations
 
-from . import cache, image, kconfig, schedule, source
+from . import cache, image, kconfig, schedule, sizes, source
 from . import series as series_mod
 from .errors import UsageError
 from .modes import MODES
 from .request import ACCELERATORS, PrepareRequest, RunOptions, RunRequest
 
+# The range of every numeric run option, and why its bounds: a value outside is one usage line (exit 2)
+# before any work, never a matrix that starts and ends in QEMU's own defaults, soft lockups or a full disk.
+SMP = (1, 64)                      # QEMU's -smp; the selftests use 1 or 2 vCPUs
+MIN_MEMORY = 1 << 30               # the guest holds the selftests, their memory and a 64 MiB ring buffer a vCPU
+VMS = (1, 16)
+ITERATIONS = (1, 1000)             # dirty_log_test -i
+TIMEOUT_S = (1.0, 86400.0)         # a test's; a day at most
+BOOT_DEADLINE_S = (5.0, 3600.0)
+LIVELOCK_WINDOW_S = (4.0, 3600.0)  # or 0 (off): at least two of the watchdog's 2 s samples
+MIN_PERF_BYTES = 1 << 20
+
+
+def in_range(option: str, value: float, bounds: tuple[float, float], unit: str = "") -> None:
+    """A UsageError "OPTION must be between LOW and HIGH: VALUE" unless low <= value <= high."""
+    low, high = bounds
+    if not low <= value <= high:
+        raise UsageError(f"{option} must be between {low:g} and {high:g}{unit}: {value:g}")
+
+
+def host_memory() -> int | None:
+    """MemTotal of this host, bytes (None where /proc/meminfo does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
 
 def validate_options(opts: RunOptions) -> None:
-    """The run options alone; a UsageError naming the option otherwise."""
-    if opts.boot_deadline_s <= 0 or opts.plan.timeout_s <= 0:
-        raise UsageError("--boot-deadline and --timeout must be positive numbers of seconds")
-    schedule.memory_bytes(opts.memory)
-    if not 0 <= opts.livelock.window_s < float("inf"):
-        raise UsageError(f"--livelock-window is a number of seconds, 0 to turn the watchdog off: "
-                         f"{opts.livelock.window_s:g}")
-    if opts.vms is not None and opts.vms < 1:
-        raise UsageError(f"--vms must be at least 1 (or auto): {opts.vms}")
+    """The run options alone, every number in its range (the constants above); a UsageError naming the
+    option otherwise."""
+    in_range("--smp", opts.smp, SMP)
+    memory = schedule.memory_bytes(opts.memory)
+    if memory < MIN_MEMORY:
+        raise UsageError(f"--memory must be at least 1G (the guest holds the selftests, their memory and the trace"
+                         f" ring buffer): {opts.memory}")
+    total = host_memory()
+    if total is not None and memory > total:
+        raise UsageError(f"--memory {opts.memory} is more than this host has ({total >> 20} MiB)")
+    if opts.vms is not None:
+        in_range("--vms", opts.vms, VMS)
+    in_range("--iterations", opts.plan.iterations, ITERATIONS)
+    in_range("--timeout", opts.plan.timeout_s, TIMEOUT_S, " s")
+    in_range("--boot-deadline", opts.boot_deadline_s, BOOT_DEADLINE_S, " s")
+    if opts.livelock.window_s != 0:
+        in_range("--livelock-window", opts.livelock.window_s, LIVELOCK_WINDOW_S, " s (or 0: off)")
+    perf = sizes.parse(opts.plan.perf_bytes, "--perf-bytes wants a size like 128M or 1G", units="KMG")
+    if not MIN_PERF_BYTES <= perf <= memory // 2:
+        raise UsageError(f"--perf-bytes must be between 1M and half of --memory ({memory >> 21}M), the rest being"
+                         f" the guest's own: {opts.plan.perf_bytes}")
     if opts.consistency not in ("auto", "off"):
         raise UsageError(f"--consistency is auto or off: {opts.consistency!r}")
     names = [n for n, _ in opts.plan.commands]

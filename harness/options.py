@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import inputs
 from .configreq import BASES, ConfigRequest
 from .errors import UsageError
 from .guestcheck import livelock
@@ -131,7 +132,7 @@ def request_from(args: argparse.Namespace) -> RunRequest:
     else:   # never silently the plain kernel: the default series comes with the checkout, not the package
         raise UsageError(f"no default series: {DEFAULT_LIST} is missing (kvm-harness runs from its git checkout,"
                          " installed with pip install -e); give --series or --no-series")
-    return RunRequest(
+    req = RunRequest(
         tarball=args.tarball, tree=args.tree, tree_ref=args.ref, series_dirs=dirs,
         config=ConfigRequest(args.config_base, list(args.config)),
         modes=[m.strip() for m in args.modes.split(",") if m.strip()], accel=args.accel,
@@ -140,6 +141,9 @@ def request_from(args: argparse.Namespace) -> RunRequest:
         livelock=livelock.Policy(window_s=args.livelock_window),
         plan=WorkloadPlan(iterations=args.iterations, perf_bytes=args.perf_bytes, timeout_s=args.timeout,
                           only=tuple(args.only), commands=tuple(parse_workload_cmd(w) for w in args.workload_cmd)))
+    inputs.validate_modes(req.modes)   # the numbers and names now, before a run directory or a build
+    inputs.validate_options(req)
+    return req
 
 
 def run_argv(req: RunRequest) -> list[str]:

@@ -177,3 +177,41 @@ def test_outside_its_checkout_the_image_recipe_is_refused(monkeypatch, tmp_path)
     monkeypatch.setattr(inputs.source, "check_tarball", lambda path: None)
     with pytest.raises(UsageError, match="no guest image recipe"):
         inputs.validate_prepare(RunRequest(series_dirs=[]))
+
+
+@pytest.mark.parametrize("option,value,said", [
+    ("--memory", "0", "--memory must be at least 1G"),
+    ("--memory", "512M", "--memory must be at least 1G"),
+    ("--memory", "100000G", "more than this host has"),
+    ("--smp", "0", "--smp must be between 1 and 64: 0"),
+    ("--smp", "1000", "--smp must be between 1 and 64: 1000"),
+    ("--vms", "0", "--vms must be between 1 and 16: 0"),
+    ("--iterations", "0", "--iterations must be between 1 and 1000: 0"),
+    ("--timeout", "-5", "--timeout must be between 1 and 86400 s: -5"),
+    ("--timeout", "inf", "--timeout must be between 1 and 86400 s: inf"),
+    ("--boot-deadline", "0", "--boot-deadline must be between 5 and 3600 s: 0"),
+    ("--livelock-window", "1", "--livelock-window must be between 4 and 3600 s (or 0: off): 1"),
+    ("--perf-bytes", "2G", "--perf-bytes must be between 1M and half of --memory (1536M)"),
+    ("--perf-bytes", "lots", "--perf-bytes wants a size like 128M or 1G: 'lots'"),
+])
+def test_every_number_is_checked_before_any_work(seen, capsys, tmp_path, option, value, said):
+    # one line naming the option and its range, exit 2, before a run directory or a build
+    rc = cli.main(["boot-test", option, value, "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USAGE and said in err and err.count("\n") == 1, err
+    assert "req" not in seen and not (tmp_path / "r").exists()
+    assert cli.main(["walk", option, value, "--results", str(tmp_path / "r")]) == EXIT_USAGE
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--memory", "0"], "--memory must be at least 1G"),
+    (["--runs", "1000"], "--runs must be between 3 and 100: 1000"),
+    (["--iterations", "500"], "--iterations must be between 2 and 100: 500"),
+    (["--vcpus", "1,200"], "--vcpus must be between 1 and 64: 200"),
+    (["--sizes", "2G", "--vcpus", "2"], "--sizes x --vcpus (2G x 2) must fit in half of --memory 3G"),
+    (["--smp", "0"], "--smp must be between 1 and 64: 0"),
+])
+def test_abs_numbers_are_checked_before_any_work(seen, capsys, argv, said):
+    assert cli.main(["ab", *argv]) == EXIT_USAGE and "ab" not in seen
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err

@@ -146,7 +146,7 @@ def test_validate_checks_every_input_before_any_work(tmp_path):
         validate(RunRequest(tree=tmp_path / "missing-tree"))
     tarball = tmp_path / "linux.tar.xz"
     tarball.write_bytes(b"x")
-    with pytest.raises(UsageError, match="--boot-deadline and --timeout must be positive"):
+    with pytest.raises(UsageError, match="--boot-deadline must be between 5 and 3600 s: 0"):
         validate(RunRequest(tarball=tarball, boot_deadline_s=0))
     with pytest.raises(UsageError, match="unique"):
         validate(RunRequest(tarball=tarball, plan=WorkloadPlan(commands=(("a", "true"), ("a", "false")))))

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from .. import options
+from .. import inputs, options, schedule
 from ..configreq import ConfigRequest
 from ..errors import UsageError
 from ..modes import MODES
@@ -77,12 +77,23 @@ def request_from(args: argparse.Namespace) -> ABRequest:
                       results_root=args.results, boot_deadline_s=args.boot_deadline, smp=args.smp,
                       memory=args.memory, extra_append=list(args.append), consistency="off", vms=1,
                       plan=WorkloadPlan(timeout_s=args.timeout))
+    inputs.validate_options(base)   # --smp, --memory, --boot-deadline, --timeout: one line, exit 2, now
+    inputs.in_range("--runs", args.runs, (3, 100))
+    inputs.in_range("--iterations", args.iterations, (2, 100))
+    vcpus = _ints(args.vcpus, "vcpus")
+    for v in vcpus:
+        inputs.in_range("--vcpus", v, (1, 64))
+    sizes = [compare.parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    memory = schedule.memory_bytes(args.memory)
+    if sizes and max(sizes) * max(vcpus) > memory // 2:
+        raise UsageError(f"--sizes x --vcpus ({compare.size_label(max(sizes))} x {max(vcpus)}) must fit in half of"
+                         f" --memory {args.memory}, the rest being the guest's own")
+
     def label(dirs: list[Path]) -> str:
         return " + ".join(d.name for d in dirs) or ("plain " + (args.tree.name if args.tree else args.tarball.name))
     return ABRequest(base=base, patched=replace(base, series_dirs=patched),
                      labels={"base": label(base_series), "patched": label(patched)}, modes=modes,
-                     sizes=[compare.parse_size(s) for s in args.sizes.split(",") if s.strip()],
-                     vcpus=_ints(args.vcpus, "vcpus"), runs=args.runs, iterations=args.iterations,
+                     sizes=sizes, vcpus=vcpus, runs=args.runs, iterations=args.iterations,
                      max_ratio=compare.parse_max_ratio(args.max_ratio), results_root=args.results,
                      argv=ab_argv(args, patched, base_series))
 
