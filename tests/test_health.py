@@ -45,6 +45,15 @@ SAMPLES = [
     ("hard-lockup", "NMI watchdog: Watchdog detected hard LOCKUP on cpu 1"),  # 6.1
     ("rcu-stall", "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:"),
     ("rcu-stall", "rcu: INFO: rcu_sched self-detected stall on CPU"),
+    ("rcu-stall", "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { 1-... } 21003 jiffies s: 405"
+                  " root: 0x2/."),  # tree_exp.h
+    ("rcu-stall", "rcu: INFO: rcu_preempt detected expedited stalls, but suppressed full report due to a stuck"
+                  " CSD-lock."),
+    ("rcu-stall", "INFO: rcu_tasks detected stalls on tasks:"),  # tasks.h, no "rcu: "
+    ("rcu-stall", "INFO: rcu_tasks_trace detected stalls on tasks:"),
+    ("slub", "BUG kmalloc-64 (Tainted: G    B             ): Poison overwritten"),  # mm/slub.c
+    ("slub", "BUG kvm_mmu_page_header (Not tainted): Object already free"),
+    ("slub", "BUG kmalloc-128 (Tainted: G        W          ): Objects remaining on __kmem_cache_shutdown()"),
     ("hung-task", HUNG.splitlines()[0].split("] ", 1)[1]),
     ("lockdep", "WARNING: possible circular locking dependency detected"),
     ("lockdep", "WARNING: inconsistent lock state"),

@@ -27,8 +27,10 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     # "Watchdog detected hard LOCKUP on cpu %d"
     ("hard-lockup", re.compile(r"(?:NMI watchdog: |watchdog: )?Watchdog detected hard LOCKUP on cpu \d+")),
     # kernel/rcu/tree_stall.h (pr_fmt "rcu: "): "INFO: %s detected stalls on CPUs/tasks:",
-    # "INFO: %s self-detected stall on CPU"
-    ("rcu-stall", re.compile(r"rcu: INFO: \S+ (?:self-)?detected stalls? on")),
+    # "INFO: %s self-detected stall on CPU"; tree_exp.h (the same pr_fmt): "INFO: %s detected expedited stalls
+    # on CPUs/tasks: {" and "... detected expedited stalls, but suppressed full report due to a stuck CSD-lock.";
+    # tasks.h (update.c, no pr_fmt): "INFO: rcu_tasks detected stalls on tasks:", also rcu_tasks_trace's
+    ("rcu-stall", re.compile(r"(?:rcu: )?INFO: \S+ (?:self-)?detected (?:expedited )?stalls?(?: on|, but)")),
     # kernel/hung_task.c: "INFO: task %s:%d blocked for more than %ld seconds."
     ("hung-task", re.compile(r"INFO: task \S+:\d+ blocked for more than \d+ seconds")),
     # kernel/locking/lockdep.c: the headers of its reports (all "WARNING: " banners without an "at <func>")
@@ -46,6 +48,9 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     # ...: 0000 [#1] PREEMPT SMP NOPTI"; 6.1 without the "Oops: "). The "[#n]" die counter is what tells it
     # from user space's "traps: prog[pid] general protection fault ip:... sp:... error:0"
     ("oops", re.compile(r"(?!traps: )[^\[]*: [0-9a-f]{4} \[#\d+\]")),
+    # mm/slub.c __slab_bug(): "BUG %s (%s): %pV", the cache and print_tainted() ("Not tainted" or "Tainted: ..."):
+    # "BUG kmalloc-64 (Tainted: G    B             ): Poison overwritten"; no colon after BUG, so not the catch-all's
+    ("slub", re.compile(r"BUG \S+ \((?:Not tainted|Tainted: [^)]*)\): ")),
     ("bug", re.compile(r"BUG: ")),  # any other BUG banner (NULL pointer dereference, Bad page state, ...)
     ("warning", re.compile(r"WARNING: ")),  # any other WARNING banner (the unwinder's, a new spelling)
 ]
