@@ -135,7 +135,10 @@ def qemu_command(spec: VMSpec, console_log: Path, qmp_sock: Path) -> list[str]:
            # restrict=on: the guest reaches nothing; SSH reaches it from loopback only.
            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
            "-device", "virtio-net-pci,netdev=n0",
-           "-device", "pvpanic-pci"]
+           "-device", "pvpanic-pci",
+           # seccomp: the guest is untrusted (a series' kernel), and QEMU never needs to run a program, raise
+           # its privileges, change its scheduling or use a deprecated syscall (QEMU's -sandbox options)
+           "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
     return cmd
 
 

@@ -50,3 +50,13 @@ def test_kvm_request_on_unusable_kvm_is_one_line_usage_error(monkeypatch):
 def test_free_port_is_loopback_bindable():
     p = vm.free_port()
     assert 1024 < p < 65536
+
+
+def test_qemu_runs_in_its_seccomp_sandbox(tmp_path):
+    from harness.vm import qemu_command
+    from harness.vmspec import Accel, VMSpec
+    cmd = qemu_command(VMSpec(tmp_path / "bzImage", tmp_path / "initrd", Accel("tcg", "max", "test")),
+                       tmp_path / "console.log", tmp_path / "qmp.sock")
+    sandbox = cmd[cmd.index("-sandbox") + 1].split(",")
+    assert sandbox[0] == "on" and {"obsolete=deny", "elevateprivileges=deny", "spawn=deny",
+                                   "resourcecontrol=deny"} <= set(sandbox[1:])
