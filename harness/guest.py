@@ -30,6 +30,38 @@ PANIC_EVENT_WAIT_S = 5.0   # the console's panic line to pvpanic's QMP event: bo
 
 
 
+# What the guest may send: a command's output is kept up to MAX_OUTPUT_BYTES a stream (its head and its
+# tail, the middle dropped and said so); a file it streams (a capture's tarball) up to MAX_STREAM_BYTES.
+MAX_OUTPUT_BYTES = 16 << 20
+MAX_STREAM_BYTES = 1 << 30
+
+
+class Bounded:
+    """A command's output as it arrives, kept to its first and last `limit // 2` bytes."""
+
+    def __init__(self, limit: int = MAX_OUTPUT_BYTES) -> None:
+        self.half = limit // 2
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        over = len(self.tail) - self.half
+        if over > 0:
+            del self.tail[:over]
+            self.dropped += over
+
+    def text(self) -> str:
+        mark = (f"\n[kvm-harness: {self.dropped} bytes of this output dropped here: it passed"
+                f" {2 * self.half >> 20} MiB]\n".encode() if self.dropped else b"")
+        return (bytes(self.head) + mark + bytes(self.tail)).decode(errors="replace")
+
+
 def _connect(port: int, pkey: paramiko.PKey, known_hosts: Path, step: float) -> paramiko.SSHClient:
     """One SSH connection to the guest's forwarded `port`, its host key pinned; paramiko's errors raised."""
     client = paramiko.SSHClient()
@@ -116,7 +148,7 @@ class Guest:
         stopped = ""
         chan = self._open(cmd)
         transport = chan.get_transport()
-        out, err = bytearray(), bytearray()
+        out, err = Bounded(), Bounded()
         deadline = t0 + timeout
         rc: int | None = None
         while True:
@@ -127,9 +159,9 @@ class Guest:
                 break
             r, _, _ = select.select([chan], [], [], min(left, 1.0))
             while chan.recv_ready():
-                out += chan.recv(65536)
+                out.add(chan.recv(65536))
             while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
+                err.add(chan.recv_stderr(65536))
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 rc = chan.recv_exit_status()
                 if rc == -1 and _transport_died(transport):
@@ -147,8 +179,7 @@ class Guest:
                 next_watch = time.monotonic() + watch_every_s
         if rc is not None:
             chan.close()
-        return RunResult(cmd, rc, out.decode(errors="replace"), err.decode(errors="replace"),
-                         time.monotonic() - t0, stopped)
+        return RunResult(cmd, rc, out.text(), err.text(), time.monotonic() - t0, stopped)
 
     def _end(self, chan: paramiko.Channel, hold: bool) -> None:
         if hold:
@@ -219,8 +250,9 @@ class Guest:
                              f"{cmd}: {r.stderr.strip()[-300:]}")
         return r.stdout
 
-    def stream_to(self, cmd: str, local: Path, timeout: float = 60) -> bool:
-        """Run `cmd` in the guest and write its stdout, as bytes, to `local`."""
+    def stream_to(self, cmd: str, local: Path, timeout: float = 60, max_bytes: int = MAX_STREAM_BYTES) -> bool:
+        """Run `cmd` in the guest and write its stdout, as bytes, to `local`; False when it fails, runs past
+        `timeout` or sends more than `max_bytes` (the guest is untrusted: it never fills the host's disk)."""
         try:
             chan = self._open(cmd)
         except GuestError:
@@ -236,6 +268,10 @@ class Guest:
                         continue
                     if not data:
                         break
+                    if f.tell() + len(data) > max_bytes:
+                        log.warning("%s: the guest sent more than %d MiB; stopped", cmd, max_bytes >> 20)
+                        chan.close()
+                        return False
                     f.write(data)
                 else:
                     chan.close()

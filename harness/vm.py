@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -116,6 +117,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+MAX_CONSOLE_BYTES = 64 << 20   # a run's console is well under 1 MiB; a flood stops here (RLIMIT_FSIZE)
 QBOOT = Path("/usr/share/qemu/qboot.rom")  # Debian's qemu-system-data
 
 
@@ -173,6 +175,9 @@ class VM:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         proc.register_group(self.proc.pid)
+        # Every file QEMU writes (the serial console above all, which the guest fills) stops at
+        # MAX_CONSOLE_BYTES: a guest that floods its console gets QEMU killed by SIGXFSZ, said as such.
+        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (MAX_CONSOLE_BYTES, MAX_CONSOLE_BYTES))
         deadline = time.monotonic() + 10
         while not self.qmp_sock.exists():
             if self.proc.poll() is not None:
@@ -223,6 +228,9 @@ class VM:
         rc = self.proc.poll()
         if rc is None:
             return "running"
+        if rc == -signal.SIGXFSZ:
+            return (f"killed by SIGXFSZ: the guest wrote more than {MAX_CONSOLE_BYTES >> 20} MiB to its serial"
+                    " console, the limit of every file QEMU writes")
         if rc < 0:
             try:
                 return f"killed by {signal.Signals(-rc).name}"

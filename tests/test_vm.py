@@ -60,3 +60,30 @@ def test_qemu_runs_in_its_seccomp_sandbox(tmp_path):
     sandbox = cmd[cmd.index("-sandbox") + 1].split(",")
     assert sandbox[0] == "on" and {"obsolete=deny", "elevateprivileges=deny", "spawn=deny",
                                    "resourcecontrol=deny"} <= set(sandbox[1:])
+
+
+def test_a_guest_that_floods_its_console_is_said_to_have(tmp_path):
+    import signal
+
+    from harness.vm import MAX_CONSOLE_BYTES, VM
+    from harness.vmspec import Accel, VMSpec
+
+    class Ended:
+        def poll(self) -> int:
+            return -signal.SIGXFSZ
+    vm = VM(VMSpec(tmp_path / "bzImage", tmp_path / "initrd", Accel("tcg", "max", "test")), tmp_path, "shadow")
+    vm.proc = Ended()  # type: ignore[assignment]
+    assert vm.exit_description() == (f"killed by SIGXFSZ: the guest wrote more than {MAX_CONSOLE_BYTES >> 20} MiB"
+                                     " to its serial console, the limit of every file QEMU writes")
+
+
+def test_the_file_size_limit_stops_a_writer_as_it_will_stop_qemu(tmp_path):
+    # the mechanism vm.start uses, on a real C program as QEMU is: prlimit(RLIMIT_FSIZE) after the spawn, and
+    # SIGXFSZ past it (Popen restores SIGXFSZ, which Python itself ignores, to its default in the child)
+    import resource
+    import signal
+    import subprocess
+    p = subprocess.Popen(["sh", "-c", f"sleep 0.3; exec head -c 4M /dev/zero > {tmp_path / 'console'}"])
+    resource.prlimit(p.pid, resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    assert p.wait(timeout=30) == -signal.SIGXFSZ
+    assert (tmp_path / "console").stat().st_size == 1 << 20
