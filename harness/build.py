@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cache, kconfig, proc, progress
+from . import cache, kconfig, proc, progress, sandbox
 from . import series as series_mod
 from .configreq import ConfigRequest
 from .errors import BuildError
@@ -137,9 +137,19 @@ def _env(root: Path) -> dict[str, str]:
     }
 
 
+def sandboxed(cmd: list[str], ws: Workspace, root: Path, fragments: list[Path]) -> list[str]:
+    """`cmd`, a step that runs the series' code, in the build sandbox (sandbox.py): the workspace and ccache
+    writable, the cache and the user's home hidden, the user's fragments and tree readable."""
+    tree = ws.identity.get("tree")
+    (root / "ccache").mkdir(parents=True, exist_ok=True)
+    return sandbox.command(cmd, [ws.src, ws.obj, root / "ccache"], [root],
+                           [*fragments, *([Path(str(tree))] if tree else [])])
+
+
 def _make(req: BuildRequest, root: Path, args: list[str], logfile: Path, what: str,
           cwd: Path | None = None) -> None:
-    r = proc.run(["make", *args], cwd=cwd, env=_env(root), logfile=logfile)
+    r = proc.run(sandboxed(["make", *args], req.workspace, root, req.config.user_fragments), cwd=cwd,
+                 env=_env(root), logfile=logfile)
     proc.check_interrupted()
     if r.returncode != 0:
         raise BuildError(f"{what} failed: {first_compiler_error(r.stdout, req.workspace.src)} "
@@ -155,8 +165,9 @@ def build_selftests(req: BuildRequest, root: Path, kst: Path, logfile: Path) -> 
     common = ["-C", str(src / "tools/testing/selftests/kvm"), f"OUTPUT={kst}",
               f"KHDR_INCLUDES=-isystem {req.workspace.obj / 'usr/include'}", "EXTRA_CFLAGS=-static", "LDFLAGS=-static"]
     wanted = selftests_in(src)
-    r = proc.run(["make", "-k", f"-j{req.jobs}", *common, *[str(kst / t) for t in wanted]], env=_env(root),
-                 logfile=logfile)
+    frags = req.config.user_fragments
+    r = proc.run(sandboxed(["make", "-k", f"-j{req.jobs}", *common, *[str(kst / t) for t in wanted]],
+                           req.workspace, root, frags), env=_env(root), logfile=logfile)
     proc.check_interrupted()
     built = [t for t in wanted if (kst / t).is_file()]
     errors: dict[str, str] = {}
@@ -164,7 +175,8 @@ def build_selftests(req: BuildRequest, root: Path, kst: Path, logfile: Path) -> 
         if t in built:
             continue
         # again alone: with -j and -k the log interleaves every test's errors; alone, the first is its own
-        alone = proc.run(["make", *common, str(kst / t)], env=_env(root), logfile=logfile)
+        alone = proc.run(sandboxed(["make", *common, str(kst / t)], req.workspace, root, frags), env=_env(root),
+                         logfile=logfile)
         errors[Path(t).name] = first_compiler_error(alone.stdout, src)
         log.warning("KVM selftest %s did not build: %s", Path(t).name, errors[Path(t).name])
     if not built:
@@ -197,7 +209,8 @@ def build(req: BuildRequest, root: Path, logfile: Path) -> BuildResult:
                 ws.reset()
                 applied = series_mod.apply_series(ws, req.series, logfile)
                 t_apply = time.monotonic()
-                verified = kconfig.configure(ws.src, ws.obj, req.config, logfile)
+                verified = kconfig.configure(ws.src, ws.obj, req.config, logfile,
+                                             wrap=lambda cmd: sandboxed(cmd, ws, root, req.config.user_fragments))
                 t_config = time.monotonic()
                 hostcc = "ccache gcc" if shutil.which("ccache") else "gcc"
                 mk = ["-C", str(ws.src), f"O={ws.obj}", f"-j{req.jobs}", f"CC={KBUILD_CC}", f"HOSTCC={hostcc}"]

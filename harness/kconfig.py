@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,9 +175,12 @@ def verify(src: Path, final_text: str, fragments: list[Path], base: str, kconfig
     return out
 
 
-def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> Verified:
+def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path,
+              wrap: Callable[[list[str]], list[str]] = lambda cmd: cmd) -> Verified:
     """Write obj/.config for `req` (keeping the old file and mtime if identical); return what verify() found
-    (its problems raised as ConfigError, exit 5; the checks this tree cannot have in `unavailable`).
+    (its problems raised as ConfigError, exit 5; the checks this tree cannot have in `unavailable`). `wrap`
+    puts each step that runs the tree's own code (make's config targets, merge_config.sh) in the build
+    sandbox (build.sandboxed).
 
     The O= directory is shared by every build of the workspace: when this
     fails (or is interrupted), obj/.config is put back as it was, content and
@@ -189,7 +193,7 @@ def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> Verifi
     if had_config:
         shutil.copy2(cfg, prev)
     try:
-        verified = _configure(src, obj, req, logfile)
+        verified = _configure(src, obj, req, logfile, wrap)
     except BaseException:
         if had_config:
             os.replace(prev, cfg)   # the previous file itself: same content, same mtime
@@ -204,7 +208,8 @@ def configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> Verifi
     return verified
 
 
-def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> Verified:
+def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path,
+               wrap: Callable[[list[str]], list[str]]) -> Verified:
     cfg = obj / ".config"
     target = BASES[req.base][0]
     frags = req.fragments(src)
@@ -215,7 +220,7 @@ def _configure(src: Path, obj: Path, req: ConfigRequest, logfile: Path) -> Verif
     ]
     said = []
     for cmd in steps:
-        r = proc.run(cmd, cwd=obj, logfile=logfile)
+        r = proc.run(wrap(cmd), cwd=obj, logfile=logfile)
         said.append(r.stdout)
         if r.returncode != 0:
             raise ConfigError(f"config step failed ({' '.join(cmd[:4])} ...): "

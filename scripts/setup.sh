@@ -10,6 +10,7 @@ PACKAGES=(
     linux-source-6.12                     # the default kernel source
     linux-source-6.1                      # a kernel of another age (tests/test_integration_old_kernel.py)
     build-essential bc bison flex libelf-dev libssl-dev ccache cpio xz-utils kmod rsync git
+    bubblewrap                            # the sandbox a series' build steps run in (harness/sandbox.py)
     python3 python3-venv
     chromium                              # the tests render the nightly's HTML page in it (headless)
 )

@@ -114,3 +114,39 @@ def test_the_build_key_is_the_patches_in_order_however_they_are_grouped(tmp_path
         return BuildRequest(ws, [Series(f"s{i}", tmp_path, g) for i, g in enumerate(groups)], ConfigRequest("trim")).key()
     assert key((a, b)) == key((a,), (b,))
     assert key((a, b)) != key((b, a)) and key((a,)) != key((a, b))
+
+
+def test_a_series_build_step_is_wrapped_in_bubblewrap(tmp_path, monkeypatch):
+    # what build.sandboxed hands proc.run: no network, no capabilities, the host read-only, the home, the cache
+    # and the results hidden, the workspace and ccache writable, the harness's package readable
+    from harness import sandbox
+    from harness.build import sandboxed
+    from harness.source import Workspace
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: "/usr/bin/bwrap")
+    monkeypatch.setattr(sandbox, "_hidden", {tmp_path / "results"})
+    (tmp_path / "results").mkdir()
+    root = tmp_path / "cache"
+    ws = Workspace(root / "sources" / "x" / "src", root / "sources" / "x" / "obj", root / "lock", "0" * 40)
+    ws.src.mkdir(parents=True)
+    ws.obj.mkdir()
+    frag = tmp_path / "my.config"
+    frag.write_text("CONFIG_X=y\n")
+    cmd = sandboxed(["make", "bzImage"], ws, root, [frag])
+    assert cmd[:2] == ["bwrap", "--die-with-parent"] and cmd[-3:] == ["--", "make", "bzImage"]
+    text = " ".join(cmd)
+    assert "--unshare-all" in cmd and "--cap-drop ALL" in text and "--ro-bind / /" in text
+    for hidden in (Path.home(), root, tmp_path / "results"):
+        assert f"--tmpfs {hidden.resolve()}" in text, hidden
+    for writable in (ws.src, ws.obj, root / "ccache"):
+        assert f"--bind {writable.resolve()} {writable.resolve()}" in text, writable
+    assert f"--ro-bind {frag} {frag}" in text and f"--ro-bind {sandbox.PACKAGE} {sandbox.PACKAGE}" in text
+    # the hidden paths are mounted first, so that the workspace inside the cache is bound again after them
+    assert cmd.index(str(root.resolve())) < cmd.index(str(ws.src.resolve()))
+
+
+def test_without_bubblewrap_the_build_refuses_to_run_a_series_code(monkeypatch, tmp_path):
+    from harness import sandbox
+    from harness.errors import InfraError
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.raises(InfraError, match="bubblewrap"):
+        sandbox.command(["make"], [tmp_path], [])

@@ -14,11 +14,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from .. import __version__, cache
+from .. import __version__, cache, sandbox
 
 
 def create(results_root: Path, label: str = "run") -> Path:
     results_root.mkdir(parents=True, exist_ok=True)
+    sandbox.hide(results_root)   # a series' build steps never see the results
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     for n in range(1000):
         d = results_root / (f"{stamp}-{label}-{os.getpid()}" + ("" if n == 0 else f"-{n}"))
