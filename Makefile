@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 KH := $(VENV)/bin/kvm-harness
 ARGS ?=
 
-.PHONY: setup boot-test shell ab test unit-test integration-test lint bench clean-results mutation-test measure measure-boot \
+.PHONY: setup boot-test shell ab test unit-test integration-test lint bench sandbox-cost clean-results mutation-test \
+	measure measure-boot \
 	steady
 
 setup:
@@ -41,6 +42,10 @@ lint: $(KH)
 
 bench: $(KH)
 	$(PY) -m devtools.bench $(ARGS)
+
+# What the build sandbox (bubblewrap) costs a build: per sandboxed command, and a no-op make with --make DIR.
+sandbox-cost: $(KH)
+	$(PY) -m devtools.sandbox_cost $(ARGS)
 
 $(KH):
 	./scripts/setup.sh
