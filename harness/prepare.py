@@ -58,7 +58,15 @@ class Prepared:
 
     @property
     def instrumented(self) -> bool:
-        """Was the instrumentation series (the pw_sptes dump and the kvm_mmu_pw_* tracepoints) applied?"""
+        """Does the kernel carry the instrumentation (the kvm_mmu_pw_* tracepoints)? Read from the build's
+        System.map (KVM is built in), not from the series' names: a build is cached by its patches, and the
+        run that made it may have grouped them otherwise (a walk's prefix); a series named `instrumentation`
+        counts too, for a kernel whose KVM is a module."""
+        try:
+            if "__tracepoint_kvm_mmu_pw_spte" in (self.build.dir / "System.map").read_text(errors="replace"):
+                return True
+        except OSError:
+            pass
         applied = self.build.meta.get("series", [])
         return isinstance(applied, list) and any(s.get("name") == "instrumentation" for s in applied)
 

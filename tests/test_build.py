@@ -150,3 +150,20 @@ def test_without_bubblewrap_the_build_refuses_to_run_a_series_code(monkeypatch, 
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(InfraError, match="bubblewrap"):
         sandbox.command(["make"], [tmp_path], [])
+
+
+def test_a_cached_build_is_instrumented_by_its_symbols_whatever_its_series_were_called(tmp_path):
+    # the default series' kernel, cached by a walk step that grouped its patches as "walk-9"
+    from harness.build import BuildResult
+    from harness.prepare import Prepared
+    from harness.vmspec import Accel
+
+    def prepared(system_map: str, series: str) -> Prepared:
+        d = tmp_path / series
+        d.mkdir()
+        (d / "System.map").write_text(system_map)
+        return Prepared(BuildResult("k", d, True, {"series": [{"name": series}]}), d / "initrd", None,  # type: ignore[arg-type]
+                        Accel("tcg", "max", "test"), "QEMU 7.2", {})
+    assert prepared("ffffffff8300a000 D __tracepoint_kvm_mmu_pw_spte\n", "walk-9").instrumented
+    assert not prepared("ffffffff8300a000 D __tracepoint_kvm_mmu_get_page\n", "walk-4").instrumented
+    assert prepared("", "instrumentation").instrumented   # KVM as a module: the series' name still says
