@@ -56,6 +56,8 @@ SAMPLES = [
     ("slub", "BUG kmalloc-128 (Tainted: G        W          ): Objects remaining on __kmem_cache_shutdown()"),
     ("hung-task", HUNG.splitlines()[0].split("] ", 1)[1]),
     ("lockdep", "WARNING: possible circular locking dependency detected"),
+    ("lockdep", "INFO: trying to register non-static key."),
+    ("kmemleak", "kmemleak: 3 new suspected memory leaks (see /sys/kernel/debug/kmemleak)"),
     ("lockdep", "WARNING: inconsistent lock state"),
     ("lockdep", "WARNING: suspicious RCU usage"),
     ("lockdep", "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected"),

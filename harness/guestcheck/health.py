@@ -31,6 +31,10 @@ PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     # on CPUs/tasks: {" and "... detected expedited stalls, but suppressed full report due to a stuck CSD-lock.";
     # tasks.h (update.c, no pr_fmt): "INFO: rcu_tasks detected stalls on tasks:", also rcu_tasks_trace's
     ("rcu-stall", re.compile(r"(?:rcu: )?INFO: \S+ (?:self-)?detected (?:expedited )?stalls?(?: on|, but)")),
+    # mm/kmemleak.c (pr_fmt "kmemleak: "): "%d new suspected memory leaks (see /sys/kernel/debug/kmemleak)"
+    ("kmemleak", re.compile(r"kmemleak: \d+ new suspected memory leaks")),
+    # kernel/locking/lockdep.c: "INFO: trying to register non-static key." (a lock used without its init)
+    ("lockdep", re.compile(r"INFO: trying to register non-static key")),
     # kernel/hung_task.c: "INFO: task %s:%d blocked for more than %ld seconds."
     ("hung-task", re.compile(r"INFO: task \S+:\d+ blocked for more than \d+ seconds")),
     # kernel/locking/lockdep.c: the headers of its reports (all "WARNING: " banners without an "at <func>")
