@@ -140,11 +140,13 @@ def flatten(series: list[series_mod.Series], split_dir: Path) -> list[series_mod
             if r.returncode != 0:
                 raise UsageError(f"git mailsplit {p.path} failed: {r.stderr.strip()[-300:]}")
             mails = sorted(dest.iterdir())
+            # a cover letter (no diff) would be a step that changes nothing, in an mbox or on its own (b4's
+            # and format-patch's 0000-cover-letter.patch in a directory of mails)
             if len(mails) == 1:
-                out.append(p)
+                if "\ndiff --git " in mails[0].read_text(errors="replace"):
+                    out.append(p)
                 continue
             for mail in mails:
-                # a cover letter (no diff) would be a step that changes nothing
                 if "\ndiff --git " in mail.read_text(errors="replace"):
                     out.append(series_mod.Patch(mail, cache.sha256_file(mail), p.strip,
                                                 f"{p.name} mail {int(mail.name)}"))

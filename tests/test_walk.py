@@ -84,3 +84,14 @@ def test_two_walks_in_one_second_get_two_directories(tmp_path):
     a, b = run_dir.create(tmp_path, "walk"), run_dir.create(tmp_path, "walk")
     assert a != b and a.name.split("-")[1] == b.name.split("-")[1] == "walk"
 
+
+
+def test_a_cover_letter_in_a_directory_of_mails_is_no_step(tmp_path):
+    import shutil
+    d = tmp_path / "series"
+    shutil.copytree(DATA / "walk", d)
+    (d / "0000-cover-letter.patch").write_text(
+        "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\nFrom: A <a@example.invalid>\n"
+        "Subject: [PATCH 0/3] the walk's fixture\n\nWhat the three patches do.\n\n-- \n2.39.5\n")
+    s = series_mod.load_series(d)
+    assert [p.path.name[:4] for p in walk.flatten([s], tmp_path / "w")] == ["0001", "0002", "0003"]
