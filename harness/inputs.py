@@ -14,7 +14,7 @@ from .request import ACCELERATORS, PrepareRequest, RunOptions, RunRequest
 SMP = (1, 64)                      # QEMU's -smp; the selftests use 1 or 2 vCPUs
 MIN_MEMORY = 1 << 30               # the guest holds the selftests, their memory and a 64 MiB ring buffer a vCPU
 VMS = (1, 16)
-ITERATIONS = (1, 1000)             # dirty_log_test -i
+ITERATIONS = (1, 10_000_000)       # dirty_log_test -i; a soak test (or a "forever") is the user's to ask
 TIMEOUT_S = (1.0, 86400.0)         # a test's; a day at most
 BOOT_DEADLINE_S = (5.0, 3600.0)
 LIVELOCK_WINDOW_S = (4.0, 3600.0)  # or 0 (off): at least two of the watchdog's 2 s samples
@@ -24,8 +24,11 @@ MIN_PERF_BYTES = 1 << 20
 def in_range(option: str, value: float, bounds: tuple[float, float], unit: str = "") -> None:
     """A UsageError "OPTION must be between LOW and HIGH: VALUE" unless low <= value <= high."""
     low, high = bounds
+
+    def shown(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
     if not low <= value <= high:
-        raise UsageError(f"{option} must be between {low:g} and {high:g}{unit}: {value:g}")
+        raise UsageError(f"{option} must be between {shown(low)} and {shown(high)}{unit}: {shown(value)}")
 
 
 def host_memory() -> int | None:

@@ -3,6 +3,7 @@ directory, and reading back the run it made."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,8 @@ def linux_6_1_tree() -> Path:
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert made.returncode == 0, f"the 6.1 tree (linux-source-6.1, installed by scripts/setup.sh): {made.stderr}"
     return tree
+
+
+# A make the harness ran, as its logs record the command: `$ make ...`, or in the build sandbox
+# `$ bwrap ... -- make ...` (harness/sandbox.py)
+MAKE_LINE = re.compile(r"^\$ (?:bwrap .*? -- )?make ", re.M)

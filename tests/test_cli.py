@@ -186,7 +186,7 @@ def test_outside_its_checkout_the_image_recipe_is_refused(monkeypatch, tmp_path)
     ("--smp", "0", "--smp must be between 1 and 64: 0"),
     ("--smp", "1000", "--smp must be between 1 and 64: 1000"),
     ("--vms", "0", "--vms must be between 1 and 16: 0"),
-    ("--iterations", "0", "--iterations must be between 1 and 1000: 0"),
+    ("--iterations", "0", "--iterations must be between 1 and 10000000: 0"),
     ("--timeout", "-5", "--timeout must be between 1 and 86400 s: -5"),
     ("--timeout", "inf", "--timeout must be between 1 and 86400 s: inf"),
     ("--boot-deadline", "0", "--boot-deadline must be between 5 and 3600 s: 0"),
