@@ -123,6 +123,15 @@ def test_only_a_livelock_under_tcg_in_a_mode_the_series_does_not_reach_is_retrie
     # an exit loop never reaches the fault path where write-protect-all lives: retried under TCG in any mode
     exit_loop = TestResult(res.path, FAIL, failure="livelock", evidence={"livelock": {"kind": "exit loop"}})
     assert livelock_retry(exit_loop, MODES[mode], accel, retries=1) is (accel == "tcg")
+    # a fault loop at L1's own text (the TCG state corruption of docs/steady.md): retried under TCG in any mode;
+    # the same loop at the guest's own code is not
+    at_l1 = {"kind": "fault loop", "repeats": [{"rip": "0xffffffff813cf46c", "l1_text": "__svm_vcpu_run+0x9c",
+                                                "event": "#PF (error code 0x10)"}]}
+    tcg_bug = TestResult(res.path, FAIL, failure="livelock", evidence={"livelock": at_l1})
+    assert livelock_retry(tcg_bug, MODES[mode], accel, retries=1) is (accel == "tcg")
+    own = {"kind": "fault loop", "repeats": [{"rip": "0x402a10", "l1_text": "", "event": ""}]}
+    spin = TestResult(res.path, FAIL, failure="livelock", evidence={"livelock": own})
+    assert livelock_retry(spin, MODES[mode], accel, retries=1) is retried
     assert not livelock_retry(res, MODES[mode], accel, retries=0)
     other = TestResult(res.path, FAIL, reason="exit 254", failure=None)
     assert not livelock_retry(other, MODES[mode], accel, retries=1)
