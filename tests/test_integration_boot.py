@@ -53,7 +53,9 @@ def test_the_livelock_watchdog_read_every_workload_and_saw_it_progress(boot_test
     for t in workloads:
         retried = "first_attempt" in t["evidence"]   # then the result is the retry's (a flaky pass)
         watched = json.loads((run / "counters" / f"{t['path']}{'.attempt2' if retried else ''}.json").read_text())
-        assert watched["livelock"] is None and watched["samples"], t["path"]
+        # sampled every 2 s from the test's start: a test that ends sooner (dirty_log_enable_test, ~2 s in
+        # tdp_mmu) may have no sample, and could not have spun for the watchdog's 10 s window anyway
+        assert watched["livelock"] is None and (watched["samples"] or t["duration_s"] < 2.5), t["path"]
         if t["duration_s"] > 6:  # two samples at least
             grew = t["evidence"]["kvm_counters"]
             assert grew["pf_taken"] > 0 and grew["pf_fixed"] + grew["io_exits"] > 0, (t["path"], grew)
