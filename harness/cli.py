@@ -96,9 +96,7 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bt = sub.add_parser("boot-test", help="build, boot, run the dirty-log selftests in every MMU mode, report")
-    for add in (options.add_kernel_options, options.add_guest_options, options.add_modes_options,
-                options.add_workload_options, options.add_output_options):
-        add(bt)
+    options.add_run_options(bt)
     bt.set_defaults(run=_boot_test)
     sh = sub.add_parser("shell", help="boot the same kernel and image in one MMU mode and open an SSH shell (or run "
                                       "a command)")
@@ -116,9 +114,7 @@ def parser() -> argparse.ArgumentParser:
                          "returned, so it cannot be taken for the harness's codes 2-8 and 130")
     sh.set_defaults(run=_shell)
     wk = sub.add_parser("walk", help="build and test each prefix of a series: the first patch that goes wrong")
-    for add in (options.add_kernel_options, options.add_guest_options, options.add_modes_options,
-                options.add_workload_options, options.add_output_options):
-        add(wk)
+    options.add_run_options(wk)
     wk.set_defaults(run=_walk)
     ab = sub.add_parser("ab", help="base against patched: dirty_log_perf_test on both, interleaved; ratios, "
                                    "intervals, plots")

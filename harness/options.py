@@ -106,12 +106,17 @@ def add_output_options(p: argparse.ArgumentParser, *, results: bool = True) -> N
                        help="results root (default ./results)")
 
 
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Every group a run takes (boot-test, walk): kernel, guest, matrix, workloads, output."""
+    for add in (add_kernel_options, add_guest_options, add_modes_options, add_workload_options, add_output_options):
+        add(p)
+
+
 def fill_defaults(p: argparse.ArgumentParser) -> None:
     """Give `p` the default of every run option it does not take, so that request_from reads one shape
     (a subcommand takes only the options it uses; the rest of its request is RunRequest's defaults)."""
     full = argparse.ArgumentParser(add_help=False)
-    for add in (add_kernel_options, add_guest_options, add_modes_options, add_workload_options, add_output_options):
-        add(full)
+    add_run_options(full)
     mine = {a.dest for a in p._actions}  # noqa: SLF001 - argparse offers no public list of a parser's options
     p.set_defaults(**{a.dest: a.default for a in full._actions  # noqa: SLF001
                       if a.dest not in mine and a.dest != "help"})
