@@ -104,9 +104,7 @@ class WriteProtectAllRules:
                              "A page already at the current generation (loaded, or created, since the enable) was"
                              " loaded again: the kernel's test of which pages are stale is wrong, so it cannot be"
                              " trusted to find the ones that are."))
-        if ev.count != pg.count + pg.drift and f.report("wp_load_count_mismatch"):
-            f.keep(self._inc("wp_load_count_mismatch", ev, pg, None, pg.count + pg.drift, ev.count,
-                             f"The counter the load walks by differs from the replay (popcount {pg.count})."))
+        self._count_check("wp_load_count_mismatch", ev, pg, "The counter the load walks by")
         pg.gen = ev.gen
         todo = pg.upper & pg.bitmap
         return Load(ev, pg, todo) if todo else None
@@ -134,9 +132,13 @@ class WriteProtectAllRules:
                              f"vCPU {ev.vcpu} enters the guest with a root that was neither loaded nor created"
                              f" since write-protect-all was enabled at {gen:#x}: its {pg.count} possibly-writable"
                              " sptes (and every page below them) are written without a fault, unlogged."))
-        if ev.count != pg.count + pg.drift and f.report("wp_root_count_mismatch"):
-            f.keep(self._inc("wp_root_count_mismatch", ev, pg, None, pg.count + pg.drift, ev.count,
-                             f"The root's counter differs from the replay (popcount {pg.count})."))
+        self._count_check("wp_root_count_mismatch", ev, pg, "The root's counter")
+
+    def _count_check(self, kind: str, ev: WpLoadEvent | WpRootEvent, pg: PageState, what: str) -> None:
+        """`what` (the event's counter) must be the replay's, drift included."""
+        if ev.count != pg.count + pg.drift and self.findings.report(kind):
+            self.findings.keep(self._inc(kind, ev, pg, None, pg.count + pg.drift, ev.count,
+                                         f"{what} differs from the replay (popcount {pg.count})."))
 
     def _unloaded(self, vm: int) -> None:
         """The VM's last enable, if no load and no root followed it though it had possibly-writable sptes, is
